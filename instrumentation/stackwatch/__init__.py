@@ -1,0 +1,66 @@
+"""stackwatch: one call gives a FastAPI + SQLAlchemy + Redis + Celery app traces, metrics and logs.
+
+The public API, and nothing else. Names are imported lazily so that
+``import stackwatch`` stays cheap and does not import FastAPI, SQLAlchemy, Redis or
+Celery before the application (or ``opentelemetry-instrument``) is ready for it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+try:
+    __version__ = version("stackwatch")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
+
+_EXPORTS: dict[str, str] = {
+    "setup": "stackwatch.core",
+    "shutdown": "stackwatch.core",
+    "SettingsError": "stackwatch.settings",
+    "request_id": "stackwatch.requestid",
+    "instrument_fastapi": "stackwatch.fastapi",
+    "uninstrument_fastapi": "stackwatch.fastapi",
+    "instrument_sqlalchemy": "stackwatch.sqlalchemy",
+    "uninstrument_sqlalchemy": "stackwatch.sqlalchemy",
+    "NPlusOneError": "stackwatch.sqlalchemy",
+    "cached": "stackwatch.cache",
+    "cache_stats": "stackwatch.cache",
+    "cache_stats_router": "stackwatch.cache",
+    "invalidate_namespace": "stackwatch.cache",
+    "instrument_redis": "stackwatch.cache",
+    "instrument_celery": "stackwatch.celery",
+    "configure_celery": "stackwatch.celery",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+if TYPE_CHECKING:
+    from stackwatch.cache import (
+        cache_stats,
+        cache_stats_router,
+        cached,
+        instrument_redis,
+        invalidate_namespace,
+    )
+    from stackwatch.celery import configure_celery, instrument_celery
+    from stackwatch.core import setup, shutdown
+    from stackwatch.fastapi import instrument_fastapi, uninstrument_fastapi
+    from stackwatch.requestid import request_id
+    from stackwatch.settings import SettingsError
+    from stackwatch.sqlalchemy import NPlusOneError, instrument_sqlalchemy, uninstrument_sqlalchemy
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'stackwatch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
