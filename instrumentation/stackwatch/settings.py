@@ -353,3 +353,24 @@ def load_settings(**overrides: Any) -> Settings:
 def host_name() -> str:
     """The host name for the ``host.name`` resource attribute."""
     return socket.gethostname()
+
+
+_active: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The settings in force: those ``stackwatch.setup()`` installed, else read from the environment.
+
+    Instrumentations call this instead of ``load_settings()`` so that overrides passed
+    to ``setup()`` reach them, and so that the environment is parsed once.
+    """
+    global _active
+    if _active is None:
+        _active = load_settings()
+    return _active
+
+
+def install_settings(settings: Settings | None) -> None:
+    """Make ``settings`` the ones ``get_settings()`` returns (None: re-read the environment)."""
+    global _active
+    _active = settings

@@ -1,0 +1,138 @@
+"""structlog, JSON lines by default, with the stdlib loggers rendered through the same pipeline.
+
+Every line gets ``request_id`` (from the request-id contextvar) and, when a span is
+active, ``trace_id`` and ``span_id`` — one small processor each, so a log line,
+its trace in Jaeger and its request's response header can be joined by either id.
+uvicorn, Celery and SQLAlchemy log through the standard library; they are routed
+to the same renderer so that stdout holds one format only.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import orjson
+import structlog
+from opentelemetry import trace
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from stackwatch.requestid import request_id
+from stackwatch.settings import Settings
+
+# Loggers that frameworks configure with handlers of their own; we take those
+# handlers away so their records reach the root handler, and our renderer, once.
+FRAMEWORK_LOGGERS = (
+    "uvicorn",
+    "uvicorn.error",
+    "uvicorn.access",
+    "gunicorn",
+    "gunicorn.error",
+    "gunicorn.access",
+    "celery",
+    "celery.task",
+    "celery.worker",
+    "celery.app.trace",
+    "sqlalchemy",
+    "sqlalchemy.engine",
+)
+
+_HANDLER_NAME = "stackwatch"
+
+
+def add_request_id(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Add the current request id, if a request or task is being handled."""
+    current = request_id()
+    if current is not None:
+        event_dict.setdefault("request_id", current)
+    return event_dict
+
+
+def add_trace_context(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Add trace_id and span_id (W3C hex) of the active span, if there is a valid one."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
+        event_dict.setdefault("span_id", format(context.span_id, "016x"))
+    return event_dict
+
+
+def _orjson_dumps(event_dict: Any, **_: Any) -> str:
+    # default=str: an exotic value (a UUID, a Decimal, an exception) still logs.
+    return orjson.dumps(event_dict, default=str).decode()
+
+
+def shared_processors() -> list[Processor]:
+    """Enrichment that applies to structlog and stdlib records alike."""
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_request_id,
+        add_trace_context,
+    ]
+
+
+def _renderer(settings: Settings) -> Processor:
+    if settings.log_format == "console":
+        return structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+    return structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+
+
+def configure_logging(settings: Settings) -> None:
+    """Configure structlog and the stdlib root logger; safe to call again (it replaces ours)."""
+    level = logging.getLevelNamesMapping()[settings.log_level.upper()]
+    renderer = _renderer(settings)
+    exceptions: list[Processor] = [
+        structlog.processors.StackInfoRenderer(),
+        # Tracebacks as data, without local variables: locals hold passwords and tokens.
+        structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        )
+        if settings.log_format == "json"
+        else structlog.dev.set_exc_info,
+    ]
+
+    structlog.configure(
+        processors=[
+            *shared_processors(),
+            *exceptions,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        cache_logger_on_first_use=True,
+    )
+
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared_processors(), structlog.stdlib.ExtraAdder(), *exceptions],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(formatter)
+
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        if existing.get_name() == _HANDLER_NAME or type(existing) is logging.StreamHandler:
+            root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level)
+    adopt_framework_loggers()
+
+
+def adopt_framework_loggers() -> None:
+    """Route uvicorn's, gunicorn's, Celery's and SQLAlchemy's loggers to our root handler.
+
+    Servers configure their loggers when they start, which can be after ``setup()``
+    (under ``opentelemetry-instrument``, ``setup()`` runs before uvicorn has parsed
+    its options); the FastAPI instrumentation calls this again at application start-up.
+    """
+    if not any(handler.get_name() == _HANDLER_NAME for handler in logging.getLogger().handlers):
+        return
+    for name in FRAMEWORK_LOGGERS:
+        framework_logger = logging.getLogger(name)
+        framework_logger.handlers.clear()
+        framework_logger.propagate = True

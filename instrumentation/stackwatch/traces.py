@@ -1,0 +1,167 @@
+"""TracerProvider, Resource, sampler and exporters, built from the Settings.
+
+Exporting is bounded and never on the request path: spans go through a
+BatchSpanProcessor with a fixed-size queue to an exporter with a timeout. What
+cannot be delivered is dropped, and counted in ``stackwatch_spans_dropped_total``
+so a dead collector shows up on a dashboard instead of in the app's latency.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
+
+from stackwatch import __version__
+from stackwatch.metrics import telemetry_spans_dropped_total, telemetry_spans_exported_total
+from stackwatch.settings import Settings, host_name
+
+_log = logging.getLogger("stackwatch.traces")
+
+
+def build_resource(settings: Settings) -> Resource:
+    """The Resource every span carries: service.name/version, deployment.environment, host.name.
+
+    ``OTEL_RESOURCE_ATTRIBUTES`` supplies the base; the explicit settings win over it,
+    as OpenTelemetry specifies for OTEL_SERVICE_NAME.
+    """
+    attributes: dict[str, str] = dict(settings.resource_attribute_map())
+    environment = settings.effective_environment()
+    attributes.update(
+        {
+            "service.name": settings.effective_service_name(),
+            "service.version": settings.service_version
+            or attributes.get("service.version", "unknown"),
+            "deployment.environment": environment,
+            "deployment.environment.name": environment,
+            "host.name": attributes.get("host.name", host_name()),
+            "telemetry.distro.name": "stackwatch",
+            "telemetry.distro.version": __version__,
+        }
+    )
+    return Resource.create(attributes)
+
+
+def build_sampler(settings: Settings) -> Sampler:
+    """The sampler OTEL_TRACES_SAMPLER names, with OTEL_TRACES_SAMPLER_ARG as the ratio."""
+    ratio = TraceIdRatioBased(settings.traces_sampler_arg)
+    samplers: dict[str, Sampler] = {
+        "always_on": ALWAYS_ON,
+        "always_off": ALWAYS_OFF,
+        "traceidratio": ratio,
+        "parentbased_always_on": ParentBased(ALWAYS_ON),
+        "parentbased_always_off": ParentBased(ALWAYS_OFF),
+        "parentbased_traceidratio": ParentBased(ratio),
+    }
+    return samplers[settings.traces_sampler]
+
+
+class CountingSpanExporter(SpanExporter):
+    """Wraps an exporter to count what it delivered and what it lost.
+
+    An exporter that raises is treated like one that returned FAILURE: the spans are
+    counted as dropped and the exception never reaches the batch worker's loop.
+    """
+
+    def __init__(self, delegate: SpanExporter) -> None:
+        self.delegate = delegate
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.delegate.export(spans)
+        except Exception:
+            _log.warning("span export raised; %d spans dropped", len(spans), exc_info=True)
+            result = SpanExportResult.FAILURE
+        if result is SpanExportResult.SUCCESS:
+            telemetry_spans_exported_total.inc(len(spans))
+        else:
+            telemetry_spans_dropped_total.labels(reason="export_failed").inc(len(spans))
+        return result
+
+    def shutdown(self) -> None:
+        self.delegate.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.delegate.force_flush(timeout_millis)
+
+
+class _DropCountingProcessorMetrics:
+    """Receives the batch processor's drop notifications (queue full, after shutdown)."""
+
+    def register_queue_size(self, get_queue_size: object) -> None:
+        """Queue size is not exported; the drop counter is what matters."""
+
+    def drop_items(self, count: int, error_type: str = "queue_full") -> None:
+        telemetry_spans_dropped_total.labels(reason=error_type).inc(count)
+
+    def finish_items(self, count: int) -> None:
+        """Delivery is counted by CountingSpanExporter, after the exporter answered."""
+
+
+def build_exporter(settings: Settings) -> SpanExporter | None:
+    """The span exporter OTEL_TRACES_EXPORTER asks for, or None for ``none``."""
+    if settings.traces_exporter == "none":
+        return None
+    if settings.traces_exporter == "console":
+        return ConsoleSpanExporter(service_name=settings.effective_service_name())
+    endpoint = settings.traces_endpoint()
+    headers = settings.otlp_header_map()
+    timeout = settings.otlp_timeout_s
+    if settings.otlp_protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcExporter,
+        )
+
+        return GrpcExporter(
+            endpoint=endpoint,
+            insecure=urlsplit(endpoint).scheme != "https",
+            headers=headers or None,
+            timeout=timeout,
+        )
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpExporter,
+    )
+
+    return HttpExporter(endpoint=endpoint, headers=headers or None, timeout=timeout)
+
+
+def build_span_processor(exporter: SpanExporter, settings: Settings) -> BatchSpanProcessor:
+    """A bounded batch processor whose drops are counted."""
+    processor = BatchSpanProcessor(
+        CountingSpanExporter(exporter),
+        max_queue_size=settings.bsp_max_queue_size,
+        schedule_delay_millis=settings.bsp_schedule_delay_ms,
+        max_export_batch_size=min(settings.bsp_max_export_batch_size, settings.bsp_max_queue_size),
+        export_timeout_millis=settings.otlp_timeout_s * 1000,
+    )
+    # The SDK reports queue-full drops through this hook only when its own internal
+    # metrics are enabled; plugging ours in keeps the count in Prometheus.
+    batch = getattr(processor, "_batch_processor", None)
+    if batch is not None and hasattr(batch, "_metrics"):
+        batch._metrics = _DropCountingProcessorMetrics()
+    return processor
+
+
+def build_tracer_provider(settings: Settings) -> TracerProvider:
+    """A TracerProvider with our resource, sampler and (unless ``none``) exporter."""
+    provider = TracerProvider(resource=build_resource(settings), sampler=build_sampler(settings))
+    exporter = build_exporter(settings)
+    if exporter is not None:
+        provider.add_span_processor(build_span_processor(exporter, settings))
+    return provider
