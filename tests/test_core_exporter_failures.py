@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from tests.conftest import free_port
 from tests.support.otlp_receiver import BlackHole
 from tests.support.process import clean_env, run_python
-from tests.conftest import free_port
 
 WORK_WHILE_EXPORTER_FAILS = """
 import json, time, stackwatch

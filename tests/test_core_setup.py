@@ -176,3 +176,17 @@ def test_spans_from_a_forked_child_are_flushed_before_it_exits() -> None:
         assert result.returncode == 0, result.stderr
     # The schedule delay (60 s) is longer than the test: only the exit flush sends them.
     assert sorted(s.name for s in receiver.spans) == ["child-0", "child-1"]
+
+
+def test_grpc_protocol_exports_to_a_grpc_receiver() -> None:
+    from tests.support.otlp_receiver import GrpcOtlpReceiver
+
+    with GrpcOtlpReceiver() as receiver:
+        env = clean_env(
+            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="grpc"
+        )
+        result = run_python(EMIT_ONE_SPAN.format(service="grpc-svc"), env)
+        assert result.returncode == 0, result.stderr
+    assert [(s.name, s.resource["service.name"]) for s in receiver.spans] == [
+        ("unit-of-work", "grpc-svc")
+    ]

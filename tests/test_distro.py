@@ -18,7 +18,7 @@ from tests.support.process import clean_env
 
 BIN = Path(sys.executable).parent
 
-APP = '''
+APP = """
 import structlog
 from fastapi import FastAPI
 
@@ -30,7 +30,7 @@ log = structlog.get_logger("app")
 def read_item(item_id: int) -> dict[str, int]:
     log.info("item read", item_id=item_id)
     return {"item_id": item_id}
-'''
+"""
 
 
 @contextmanager

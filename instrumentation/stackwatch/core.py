@@ -138,7 +138,9 @@ def shutdown(timeout_s: float | None = None) -> None:
         worker.start()
         worker.join(remaining)
         if worker.is_alive():
-            _log.warning("trace exporter did not shut down within %.1fs; spans may be lost", timeout)
+            _log.warning(
+                "trace exporter did not shut down within %.1fs; spans may be lost", timeout
+            )
 
 
 def current_settings() -> Settings | None:

@@ -65,7 +65,9 @@ def check_otlp(settings: Settings) -> Check:
             "start Jaeger or an OpenTelemetry Collector there, point "
             "OTEL_EXPORTER_OTLP_ENDPOINT at one, or set OTEL_TRACES_EXPORTER=none",
         )
-    return Check("OTLP endpoint", "ok", f"{endpoint} ({settings.otlp_protocol}) accepts connections")
+    return Check(
+        "OTLP endpoint", "ok", f"{endpoint} ({settings.otlp_protocol}) accepts connections"
+    )
 
 
 def _libpq_url(url: str) -> str:
@@ -175,7 +177,7 @@ def check_broker(settings: Settings) -> Check:
             "CELERY_BROKER_URL is not set",
             "set CELERY_BROKER_URL=amqp://guest:guest@host:5672// or redis://... to check it",
         )
-    from kombu import Connection
+    from kombu import Connection  # type: ignore[attr-defined]
 
     shown = _redact(settings.celery_broker_url)
     try:

@@ -61,7 +61,7 @@ def open_scope(kind: ScopeKind, name: str) -> tuple[WorkScope, Token[WorkScope |
 
 
 def close_scope(token: Token[WorkScope | None]) -> None:
-    """End the current unit of work and run the closers; a failing closer is logged, never raised."""
+    """End the unit of work and run the closers; a failing closer is logged, never raised."""
     scope = _current.get()
     _current.reset(token)
     if scope is None:

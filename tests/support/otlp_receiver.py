@@ -37,13 +37,40 @@ class ReceivedSpan:
     events: list[str] = field(default_factory=list)
 
 
-class OtlpReceiver:
-    """Start with ``with OtlpReceiver() as receiver``; spans land in ``receiver.spans``."""
+class SpanStore:
+    """Decodes export requests into ``spans``; shared by the HTTP and gRPC receivers."""
 
     def __init__(self) -> None:
         self.spans: list[ReceivedSpan] = []
         self.requests = 0
         self._lock = threading.Lock()
+
+    def _add(self, request: ExportTraceServiceRequest) -> None:
+        with self._lock:
+            self.requests += 1
+            for resource_spans in request.resource_spans:
+                resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
+                for scope_spans in resource_spans.scope_spans:
+                    for span in scope_spans.spans:
+                        self.spans.append(
+                            ReceivedSpan(
+                                name=span.name,
+                                trace_id=span.trace_id.hex(),
+                                span_id=span.span_id.hex(),
+                                parent_span_id=span.parent_span_id.hex(),
+                                attributes={a.key: _value(a.value) for a in span.attributes},
+                                resource=resource,
+                                kind=span.SpanKind.Name(span.kind).removeprefix("SPAN_KIND_"),
+                                events=[event.name for event in span.events],
+                            )
+                        )
+
+
+class OtlpReceiver(SpanStore):
+    """Start with ``with OtlpReceiver() as receiver``; spans land in ``receiver.spans``."""
+
+    def __init__(self) -> None:
+        super().__init__()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -68,26 +95,6 @@ class OtlpReceiver:
         self.port = int(self._server.server_address[1])
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def _add(self, request: ExportTraceServiceRequest) -> None:
-        with self._lock:
-            self.requests += 1
-            for resource_spans in request.resource_spans:
-                resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
-                for scope_spans in resource_spans.scope_spans:
-                    for span in scope_spans.spans:
-                        self.spans.append(
-                            ReceivedSpan(
-                                name=span.name,
-                                trace_id=span.trace_id.hex(),
-                                span_id=span.span_id.hex(),
-                                parent_span_id=span.parent_span_id.hex(),
-                                attributes={a.key: _value(a.value) for a in span.attributes},
-                                resource=resource,
-                                kind=span.SpanKind.Name(span.kind).removeprefix("SPAN_KIND_"),
-                                events=[event.name for event in span.events],
-                            )
-                        )
 
     def __enter__(self) -> OtlpReceiver:
         self._thread.start()
@@ -132,3 +139,33 @@ class BlackHole:
         for connection in self._accepted:
             connection.close()
         self._socket.close()
+
+
+class GrpcOtlpReceiver(SpanStore):
+    """A real OTLP/gRPC trace receiver (the TraceService Jaeger and collectors implement)."""
+
+    def __init__(self) -> None:
+        from concurrent import futures
+
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+        super().__init__()
+        collector = self
+
+        class Service(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+            def Export(self, request: Any, context: Any) -> ExportTraceServiceResponse:
+                collector._add(request)
+                return ExportTraceServiceResponse()
+
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), self._server)
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> GrpcOtlpReceiver:
+        self._server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.stop(grace=None)
