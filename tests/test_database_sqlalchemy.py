@@ -1,0 +1,377 @@
+"""instrument_sqlalchemy on real PostgreSQL: N+1, slow queries, SQL comments, spans, undo."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import structlog
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import REGISTRY
+from sqlalchemy import Engine, ForeignKey, create_engine, event, select, text
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    selectinload,
+)
+
+import stackwatch
+import stackwatch.sqlalchemy as sw_sqlalchemy
+from stackwatch.requestid import bind_request_id, reset_request_id
+from stackwatch.scope import work_scope
+from stackwatch.settings import load_settings
+from stackwatch.sqltext import parse_sqlcomment
+
+pytestmark = pytest.mark.integration
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Author(Base):
+    __tablename__ = "authors"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+    books: Mapped[list[Book]] = relationship(back_populates="author", lazy="select")
+
+
+class Book(Base):
+    __tablename__ = "books"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str]
+    author_id: Mapped[int] = mapped_column(ForeignKey("authors.id"))
+    author: Mapped[Author] = relationship(back_populates="books")
+
+
+def _sqlalchemy_url(pg_url: str, driver: str) -> str:
+    return pg_url.replace("postgresql://", f"postgresql+{driver}://", 1)
+
+
+@pytest.fixture
+def engine(pg_url: str) -> Iterator[Engine]:
+    """A psycopg engine on a fresh database holding 8 authors with 2 books each."""
+    engine = create_engine(_sqlalchemy_url(pg_url, "psycopg"))
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        for index in range(8):
+            author = Author(name=f"author {index}")
+            author.books = [Book(title=f"book {index}.{n}") for n in range(2)]
+            session.add(author)
+        session.commit()
+    yield engine
+    sw_sqlalchemy.uninstrument_sqlalchemy(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
+    """Log events of stackwatch.sqlalchemy during the test."""
+    with structlog.testing.capture_logs() as captured:
+        monkeypatch.setattr(sw_sqlalchemy, "_log", structlog.get_logger("stackwatch.sqlalchemy"))
+        yield captured
+
+
+@pytest.fixture
+def sent_statements(engine: Engine) -> list[str]:
+    """Every statement text exactly as handed to the driver, comments included."""
+    seen: list[str] = []
+
+    def remember(*args: Any) -> None:
+        seen.append(args[2])
+
+    stackwatch.instrument_sqlalchemy(engine, settings=load_settings())
+    event.listen(engine, "after_cursor_execute", remember)
+    return seen
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def _load_books_lazily(engine: Engine) -> int:
+    with Session(engine) as session:
+        authors = session.scalars(select(Author).order_by(Author.id)).all()
+        return sum(len(author.books) for author in authors)
+
+
+def test_lazy_loading_relationship_is_reported_as_n_plus_one(
+    engine: Engine, logs: list[dict[str, Any]], spans: InMemorySpanExporter
+) -> None:
+    stackwatch.instrument_sqlalchemy(engine, settings=load_settings(nplusone_threshold=5))
+    before = _sample("db_n_plus_one_total", path="/authors")
+    tracer = trace.get_tracer("test")
+    with tracer.start_as_current_span("GET /authors"), work_scope("http", "/authors"):
+        assert _load_books_lazily(engine) == 16
+
+    assert _sample("db_n_plus_one_total", path="/authors") == before + 1
+    (warning,) = [entry for entry in logs if entry["event"] == "N+1 query"]
+    assert warning["log_level"] == "warning"
+    assert warning["count"] == 8
+    assert warning["path"] == "/authors"
+    assert "FROM books" in warning["statement"]
+    assert "= books.author_id" in warning["statement"]
+    assert "%(param_1)s" in warning["example"]
+    (request_span,) = [s for s in spans.get_finished_spans() if s.name == "GET /authors"]
+    (n_plus_one,) = [e for e in request_span.events if e.name == "db.n_plus_one"]
+    assert n_plus_one.attributes is not None
+    assert n_plus_one.attributes["stackwatch.path"] == "/authors"
+
+
+def test_selectinload_batch_is_not_reported_as_n_plus_one(
+    engine: Engine, logs: list[dict[str, Any]]
+) -> None:
+    stackwatch.instrument_sqlalchemy(engine, settings=load_settings(nplusone_threshold=2))
+    before = _sample("db_n_plus_one_total", path="/authors/eager")
+    with work_scope("http", "/authors/eager") as scope, Session(engine) as session:
+        eager = select(Author).options(selectinload(Author.books))
+        first = session.scalars(eager.where(Author.id <= 4)).all()
+        rest = session.scalars(eager.where(Author.id > 4)).all()  # a second batch of books
+        assert sum(len(author.books) for author in [*first, *rest]) == 16
+
+    assert scope.queries == 4
+    assert _sample("db_n_plus_one_total", path="/authors/eager") == before
+    assert not [entry for entry in logs if entry["event"] == "N+1 query"]
+
+
+def test_literal_values_normalise_to_one_repeated_statement(engine: Engine) -> None:
+    stackwatch.instrument_sqlalchemy(engine, settings=load_settings(nplusone_threshold=3))
+    with work_scope("celery", "tasks.refresh") as scope, engine.connect() as connection:
+        for author_id in (1, 2, 3):
+            connection.exec_driver_sql(f"SELECT name FROM authors WHERE id = {author_id}")
+    assert scope.reported == {"SELECT name FROM authors WHERE id = ?"}
+
+
+def test_nplusone_raise_mode_fails_at_the_statement_crossing_the_threshold(
+    engine: Engine,
+) -> None:
+    settings = load_settings(nplusone="raise", nplusone_threshold=3)
+    stackwatch.instrument_sqlalchemy(engine, settings=settings)
+    with (
+        work_scope("http", "/authors"),
+        pytest.raises(stackwatch.NPlusOneError, match="ran 3 times in '/authors'") as raised,
+    ):
+        _load_books_lazily(engine)
+    assert "= books.author_id" in raised.value.statement
+
+
+def test_queries_outside_a_request_are_not_counted_as_n_plus_one(engine: Engine) -> None:
+    stackwatch.instrument_sqlalchemy(engine, settings=load_settings(nplusone="raise"))
+    assert _load_books_lazily(engine) == 16
+
+
+def test_queries_per_request_histogram_counts_each_statement(engine: Engine) -> None:
+    stackwatch.instrument_sqlalchemy(engine, settings=load_settings())
+    before = _sample("db_queries_per_request_count", path="/count")
+    before_sum = _sample("db_queries_per_request_sum", path="/count")
+    with work_scope("http", "/count"), engine.connect() as connection:
+        for _ in range(3):
+            connection.execute(text("SELECT 1"))
+    assert _sample("db_queries_per_request_count", path="/count") == before + 1
+    assert _sample("db_queries_per_request_sum", path="/count") == before_sum + 3
+
+
+def test_slow_query_is_logged_with_request_id_and_trace_id_but_no_parameters(
+    engine: Engine, logs: list[dict[str, Any]], spans: InMemorySpanExporter
+) -> None:
+    stackwatch.instrument_sqlalchemy(engine, settings=load_settings(slow_query_ms=100))
+    before = _sample("db_slow_queries_total", operation="SELECT")
+    token = bind_request_id("req-slow-1")
+    try:
+        with work_scope("http", "/slow"), engine.connect() as connection:
+            connection.execute(text("SELECT pg_sleep(:seconds)"), {"seconds": 0.15})
+            connection.execute(text("SELECT 1"))
+    finally:
+        reset_request_id(token)
+
+    (slow,) = [entry for entry in logs if entry["event"] == "slow query"]
+    assert slow["log_level"] == "warning"
+    assert slow["statement"] == "SELECT pg_sleep(?)"
+    assert slow["duration_ms"] >= 150
+    assert slow["request_id"] == "req-slow-1"
+    assert slow["path"] == "/slow"
+    assert "parameters" not in slow
+    (db_span,) = [s for s in spans.get_finished_spans() if "pg_sleep" in str(s.attributes)]
+    assert slow["trace_id"] == format(db_span.context.trace_id, "032x")
+    assert _sample("db_slow_queries_total", operation="SELECT") == before + 1
+
+
+def test_slow_query_parameters_are_logged_only_when_enabled(
+    engine: Engine, logs: list[dict[str, Any]]
+) -> None:
+    settings = load_settings(slow_query_ms=0, log_sql_parameters=True)
+    stackwatch.instrument_sqlalchemy(engine, settings=settings)
+    with engine.connect() as connection:
+        connection.execute(text("SELECT :secret_value"), {"secret_value": "s3cr3t\n"})
+    (slow,) = [entry for entry in logs if entry["event"] == "slow query"]
+    assert slow["parameters"] == "{'secret_value': 's3cr3t\\\\n'}"
+
+
+def test_query_duration_histogram_is_labelled_by_operation(engine: Engine) -> None:
+    stackwatch.instrument_sqlalchemy(engine, settings=load_settings())
+    before = _sample("db_query_duration_seconds_count", operation="UPDATE")
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE authors SET name = name WHERE id = 1"))
+    assert _sample("db_query_duration_seconds_count", operation="UPDATE") == before + 1
+
+
+HOSTILE_REQUEST_ID = "x'*/; DROP TABLE authors; --\n%s%(x)s"
+
+
+def test_hostile_request_id_cannot_leave_the_sql_comment(
+    engine: Engine, sent_statements: list[str], pg_url: str
+) -> None:
+    token = bind_request_id(HOSTILE_REQUEST_ID)  # bypasses validation on purpose
+    try:
+        with work_scope("http", "/a'b*/{id}%"), engine.connect() as connection:
+            rows = connection.execute(text("SELECT count(*) FROM authors WHERE id > :n"), {"n": 0})
+            assert rows.scalar_one() == 8
+            connection.exec_driver_sql("SELECT 1").scalar_one()
+    finally:
+        reset_request_id(token)
+
+    for sent in sent_statements:
+        assert sent.count("/*") == 1
+        assert sent.count("*/") == 1
+        assert sent.endswith("*/")
+        assert "\n" not in sent
+    with psycopg.connect(pg_url) as connection:
+        row = connection.execute("SELECT count(*) FROM authors").fetchone()
+    assert row == (8,)
+
+
+def test_sql_comment_carries_request_id_route_and_the_db_span_traceparent(
+    engine: Engine, sent_statements: list[str], spans: InMemorySpanExporter
+) -> None:
+    token = bind_request_id("req:42")
+    try:
+        with work_scope("http", "/authors/{author_id}"), engine.connect() as connection:
+            connection.execute(text("SELECT name FROM authors WHERE id = :id"), {"id": 1})
+    finally:
+        reset_request_id(token)
+
+    (sent,) = sent_statements
+    fields = parse_sqlcomment(sent.replace("%%", "%"))
+    assert fields["request_id"] == "req:42"
+    assert fields["route"] == "/authors/{author_id}"
+    (db_span,) = spans.get_finished_spans()
+    context = db_span.context
+    assert fields["traceparent"].startswith(f"00-{context.trace_id:032x}-{context.span_id:016x}-")
+
+
+def test_sql_commenter_can_be_turned_off(engine: Engine) -> None:
+    seen: list[str] = []
+    stackwatch.instrument_sqlalchemy(engine, settings=load_settings(sql_commenter=False))
+    event.listen(engine, "after_cursor_execute", lambda *args: seen.append(args[2]))
+    with work_scope("http", "/x"), engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+    assert seen == ["SELECT 1"]
+
+
+def test_instrumenting_twice_makes_one_span_and_uninstrument_removes_everything(
+    engine: Engine, spans: InMemorySpanExporter
+) -> None:
+    seen: list[str] = []
+    event.listen(engine, "after_cursor_execute", lambda *args: seen.append(args[2]))
+    stackwatch.instrument_sqlalchemy(engine)
+    stackwatch.instrument_sqlalchemy(engine)
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+    assert len(spans.get_finished_spans()) == 1
+    assert "traceparent=" in seen[-1]
+
+    stackwatch.uninstrument_sqlalchemy(engine)
+    stackwatch.uninstrument_sqlalchemy(engine)
+    spans.clear()
+    with work_scope("http", "/after") as scope, engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+    assert spans.get_finished_spans() == ()
+    assert seen[-1] == "SELECT 1"
+    assert scope.queries == 0
+
+
+async def test_async_engine_gets_spans_comments_and_n_plus_one_detection(
+    engine: Engine, spans: InMemorySpanExporter
+) -> None:
+    async_engine = create_async_engine(
+        engine.url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+    )
+    seen: list[str] = []
+    stackwatch.instrument_sqlalchemy(async_engine, settings=load_settings(nplusone_threshold=3))
+    event.listen(async_engine.sync_engine, "after_cursor_execute", lambda *a: seen.append(a[2]))
+    try:
+        with work_scope("http", "/async/{id}") as scope:
+            async with async_engine.connect() as connection:
+                for author_id in (1, 2, 3):
+                    statement = text("SELECT name FROM authors WHERE id = :id")
+                    await connection.execute(statement, {"id": author_id})
+    finally:
+        stackwatch.uninstrument_sqlalchemy(async_engine)
+        await async_engine.dispose()
+
+    assert scope.queries == 3
+    assert scope.reported == {"SELECT name FROM authors WHERE id = ?"}
+    assert parse_sqlcomment(seen[-1])["route"] == "/async/{id}"
+    assert len([s for s in spans.get_finished_spans() if "authors" in str(s.attributes)]) == 3
+
+
+def test_n_plus_one_through_a_real_fastapi_app_is_labelled_by_route_and_request_id(
+    engine: Engine, logs: list[dict[str, Any]], sent_statements: list[str]
+) -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    app = FastAPI()
+
+    @app.get("/authors/{kind}")
+    def list_books(kind: str) -> dict[str, int]:
+        if kind == "eager":
+            with Session(engine) as session:
+                authors = session.scalars(select(Author).options(selectinload(Author.books)))
+                return {"books": sum(len(author.books) for author in authors)}
+        return {"books": _load_books_lazily(engine)}
+
+    stackwatch.instrument_fastapi(app)
+    path = "/authors/{kind}"
+    before = _sample("db_n_plus_one_total", path=path)
+    before_requests = _sample("db_queries_per_request_count", path=path)
+    try:
+        with TestClient(app) as client:
+            lazy = client.get("/authors/lazy", headers={"X-Request-ID": "req-nplusone-1"})
+            eager = client.get("/authors/eager", headers={"X-Request-ID": "req-eager-1"})
+    finally:
+        stackwatch.uninstrument_fastapi(app)
+
+    assert lazy.json() == {"books": 16}
+    assert eager.json() == {"books": 16}
+    assert _sample("db_n_plus_one_total", path=path) == before + 1
+    assert _sample("db_queries_per_request_count", path=path) == before_requests + 2
+    (warning,) = [entry for entry in logs if entry["event"] == "N+1 query"]
+    assert warning["path"] == path
+    assert warning["count"] == 8
+    comments = [parse_sqlcomment(sent.replace("%%", "%")) for sent in sent_statements]
+    assert {c["request_id"] for c in comments} == {"req-nplusone-1", "req-eager-1"}
+    assert {c["route"] for c in comments} == {path}
+
+
+def test_a_failing_listener_never_breaks_the_query_and_is_logged_once(
+    engine: Engine, logs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stackwatch.instrument_sqlalchemy(engine, settings=load_settings())
+
+    def broken(statement: str) -> None:
+        raise ValueError("normaliser exploded")
+
+    monkeypatch.setattr(sw_sqlalchemy, "statement_shape", broken)
+    with work_scope("http", "/broken"), engine.connect() as connection:
+        for _ in range(3):
+            assert connection.execute(text("SELECT 41 + 1")).scalar_one() == 42
+    failures = [entry for entry in logs if "listener failed" in entry["event"]]
+    assert sorted(entry["stage"] for entry in failures) == ["annotate", "count"]
