@@ -38,19 +38,22 @@ _EXPORTS: dict[str, str] = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
-    from stackwatch.cache import (
-        cache_stats,
-        cache_stats_router,
-        cached,
-        instrument_redis,
-        invalidate_namespace,
-    )
-    from stackwatch.celery import configure_celery, instrument_celery
-    from stackwatch.core import setup, shutdown
-    from stackwatch.fastapi import instrument_fastapi, uninstrument_fastapi
-    from stackwatch.requestid import request_id
-    from stackwatch.settings import SettingsError
-    from stackwatch.sqlalchemy import NPlusOneError, instrument_sqlalchemy, uninstrument_sqlalchemy
+    from stackwatch.cache import cache_stats as cache_stats
+    from stackwatch.cache import cache_stats_router as cache_stats_router
+    from stackwatch.cache import cached as cached
+    from stackwatch.cache import instrument_redis as instrument_redis
+    from stackwatch.cache import invalidate_namespace as invalidate_namespace
+    from stackwatch.celery import configure_celery as configure_celery
+    from stackwatch.celery import instrument_celery as instrument_celery
+    from stackwatch.core import setup as setup
+    from stackwatch.core import shutdown as shutdown
+    from stackwatch.fastapi import instrument_fastapi as instrument_fastapi
+    from stackwatch.fastapi import uninstrument_fastapi as uninstrument_fastapi
+    from stackwatch.requestid import request_id as request_id
+    from stackwatch.settings import SettingsError as SettingsError
+    from stackwatch.sqlalchemy import NPlusOneError as NPlusOneError
+    from stackwatch.sqlalchemy import instrument_sqlalchemy as instrument_sqlalchemy
+    from stackwatch.sqlalchemy import uninstrument_sqlalchemy as uninstrument_sqlalchemy
 
 
 def __getattr__(name: str) -> Any:
