@@ -57,7 +57,7 @@ def instrumented_uvicorn(
         )
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 60
             while True:
                 try:
                     httpx.get(f"{base}/items/0", timeout=1)

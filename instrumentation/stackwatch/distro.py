@@ -19,7 +19,7 @@ from opentelemetry.sdk._configuration import _BaseConfigurator
 
 # Contrib instrumentations that stackwatch replaces with its own: loading both would
 # give two server spans per request. Users can still override the variable.
-REPLACED_INSTRUMENTATIONS: tuple[str, ...] = ()
+REPLACED_INSTRUMENTATIONS: tuple[str, ...] = ("fastapi",)
 
 
 class StackwatchDistro(BaseDistro):
