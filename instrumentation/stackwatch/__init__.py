@@ -33,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     "instrument_redis": "stackwatch.cache",
     "instrument_celery": "stackwatch.celery",
     "configure_celery": "stackwatch.celery",
+    "uninstrument_celery": "stackwatch.celery",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from stackwatch.cache import invalidate_namespace as invalidate_namespace
     from stackwatch.celery import configure_celery as configure_celery
     from stackwatch.celery import instrument_celery as instrument_celery
+    from stackwatch.celery import uninstrument_celery as uninstrument_celery
     from stackwatch.core import setup as setup
     from stackwatch.core import shutdown as shutdown
     from stackwatch.fastapi import instrument_fastapi as instrument_fastapi
