@@ -152,7 +152,9 @@ class Settings(BaseSettings):
         default=None, validation_alias=_env("STACKWATCH_REDIS_URL", "REDIS_URL")
     )
     cache_prefix: str = "sw"
-    cache_ttl_policies: Annotated[dict[str, int], NoDecode] = Field(default_factory=lambda: dict(DEFAULT_TTL_POLICIES))
+    cache_ttl_policies: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=lambda: dict(DEFAULT_TTL_POLICIES)
+    )
     cache_ttl_jitter: float = Field(default=0.1, ge=0.0, le=1.0)
     cache_socket_timeout_ms: int = Field(default=100, ge=1, le=60_000)
     cache_max_value_bytes: int = Field(default=1_048_576, ge=1)
@@ -359,7 +361,7 @@ _active: Settings | None = None
 
 
 def get_settings() -> Settings:
-    """The settings in force: those ``stackwatch.setup()`` installed, else read from the environment.
+    """The settings in force: what ``stackwatch.setup()`` installed, else the environment.
 
     Instrumentations call this instead of ``load_settings()`` so that overrides passed
     to ``setup()`` reach them, and so that the environment is parsed once.
