@@ -135,7 +135,10 @@ def test_uvicorn_workers_each_export_their_spans(tmp_path: Path) -> None:
             OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
             OTEL_BSP_SCHEDULE_DELAY="100",
         )
-        with instrumented_uvicorn(tmp_path, env, "--workers", "2") as (base, _):
+        # a long health-check timeout: uvicorn restarts workers that miss the 5 s
+        # default, which a loaded 2-core machine can make them do
+        workers = ("--workers", "2", "--timeout-worker-healthcheck", "60")
+        with instrumented_uvicorn(tmp_path, env, *workers) as (base, _):
             with httpx.Client(base_url=base, timeout=5) as client:
                 for n in range(40):
                     assert client.get(f"/items/{n}", headers={"Connection": "close"}).is_success

@@ -70,6 +70,10 @@ def run_uvicorn(
         str(port),
         "--workers",
         str(workers),
+        # uvicorn restarts a worker that misses a 5 s health check; on a loaded
+        # 2-core CI machine that is a restart loop, not a failure under test.
+        "--timeout-worker-healthcheck",
+        "60",
         "--no-access-log",
     ]
     child_env = {
