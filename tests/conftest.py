@@ -79,3 +79,17 @@ def redis_prefix() -> Iterator[str]:
             client.unlink(key)
     finally:
         client.close()
+
+
+REQUIRED_TOOLS = ("promtool", "amtool", "prometheus", "prometheus-alertmanager", "wrk")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """In CI, a missing tool is a failure, not a reason to skip the tests that need it."""
+    import shutil
+
+    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    if os.environ.get("CI") and missing:
+        pytest.exit(
+            f"missing {', '.join(missing)}: run .ci/services.sh (make test does)", returncode=1
+        )
