@@ -14,8 +14,6 @@ Variants (``--variants`` picks some):
                     request at 100 % sampling into a batch processor whose exporter
                     discards, Prometheus histogram + gauge, one JSON log line per request
   stackwatch-10pct  the same with 10 % trace sampling
-  sw-fastlog(-10pct) what-if: stackwatch with its log processors rendered by structlog
-                    itself (BytesLogger) instead of handed to stdlib logging
   native            FastAPI's native OpenTelemetry with its defaults (a TracerProvider set)
   native-lean       native telemetry without operation spans
   otel-contrib      opentelemetry-instrumentation-fastapi alone
@@ -44,8 +42,6 @@ VARIANTS = (
     "bare",
     "stackwatch",
     "stackwatch-10pct",
-    "sw-fastlog",
-    "sw-fastlog-10pct",
     "native",
     "native-lean",
     "otel-contrib",
@@ -72,22 +68,6 @@ def _discarding_tracer_provider(sampling_ratio: float = 1.0) -> Any:
     return provider
 
 
-def _render_logs_in_structlog() -> None:
-    """The what-if: stackwatch's processors, but structlog writes the line (no stdlib hop)."""
-    import orjson
-    import structlog
-
-    from stackwatch.logs import shared_processors
-
-    processors = [p for p in shared_processors() if p is not structlog.stdlib.add_logger_name]
-    structlog.configure(
-        processors=[*processors, structlog.processors.JSONRenderer(serializer=orjson.dumps)],
-        logger_factory=structlog.BytesLoggerFactory(),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        cache_logger_on_first_use=True,
-    )
-
-
 def build_app() -> Any:
     """The benchmark app for the variant named by ``HTTP_OVERHEAD_VARIANT``."""
     from fastapi import FastAPI
@@ -95,7 +75,7 @@ def build_app() -> Any:
 
     variant = os.environ["HTTP_OVERHEAD_VARIANT"]
     telemetry: dict[str, Any] = {"operation_spans": False} if variant == "native-lean" else {}
-    stackwatch_variant = variant.startswith(("stackwatch", "sw-"))
+    stackwatch_variant = variant.startswith("stackwatch")
     if stackwatch_variant:
         import stackwatch
 
@@ -105,8 +85,6 @@ def build_app() -> Any:
         stackwatch.setup(service_name="bench", traces_exporter="none")
         # one log line per request: ours (uvicorn's access line says less, and twice)
         logging.getLogger("uvicorn.access").disabled = True
-        if variant.startswith("sw-fastlog"):
-            _render_logs_in_structlog()
     elif variant in ("native", "native-lean", "otel-contrib"):
         trace.set_tracer_provider(_discarding_tracer_provider())
 
