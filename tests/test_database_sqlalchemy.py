@@ -8,8 +8,10 @@ from typing import Any
 import psycopg
 import pytest
 import structlog
-from opentelemetry import trace
+from opentelemetry import metrics, trace
+from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine, ForeignKey, create_engine, event, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -185,7 +187,11 @@ def test_slow_query_is_logged_with_request_id_and_trace_id_but_no_parameters(
     before = _sample("db_slow_queries_total", operation="SELECT")
     token = bind_request_id("req-slow-1")
     try:
-        with work_scope("http", "/slow"), engine.connect() as connection:
+        with (
+            trace.get_tracer("test").start_as_current_span("GET /slow"),
+            work_scope("http", "/slow"),
+            engine.connect() as connection,
+        ):
             connection.execute(text("SELECT pg_sleep(:seconds)"), {"seconds": 0.15})
             connection.execute(text("SELECT 1"))
     finally:
@@ -200,6 +206,7 @@ def test_slow_query_is_logged_with_request_id_and_trace_id_but_no_parameters(
     assert "parameters" not in slow
     (db_span,) = [s for s in spans.get_finished_spans() if "pg_sleep" in str(s.attributes)]
     assert slow["trace_id"] == format(db_span.context.trace_id, "032x")
+    assert slow["span_id"] == format(db_span.context.span_id, "016x")
     assert _sample("db_slow_queries_total", operation="SELECT") == before + 1
 
 
@@ -247,23 +254,47 @@ def test_hostile_request_id_cannot_leave_the_sql_comment(
     assert row == (8,)
 
 
-def test_sql_comment_carries_request_id_route_and_the_db_span_traceparent(
+def _comment_of(sent: str) -> str:
+    return sent[sent.index("/*") :]
+
+
+def _traceparent(context: SpanContext | None) -> str:
+    assert context is not None
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+
+
+def test_sql_comment_carries_request_id_route_and_the_request_span_traceparent(
     engine: Engine, sent_statements: list[str], spans: InMemorySpanExporter
 ) -> None:
-    token = bind_request_id("req:42")
-    try:
-        with work_scope("http", "/authors/{author_id}"), engine.connect() as connection:
-            connection.execute(text("SELECT name FROM authors WHERE id = :id"), {"id": 1})
-    finally:
-        reset_request_id(token)
+    tracer = trace.get_tracer("test")
+    for request in ("req:42", "req:43"):
+        token = bind_request_id(request)
+        try:
+            with (
+                tracer.start_as_current_span("GET /authors/{author_id}"),
+                work_scope("http", "/authors/{author_id}"),
+                engine.connect() as connection,
+            ):
+                connection.execute(text("SELECT name FROM authors WHERE id = :id"), {"id": 1})
+                connection.execute(text("SELECT count(*) FROM books WHERE id > :id"), {"id": 1})
+        finally:
+            reset_request_id(token)
 
-    (sent,) = sent_statements
-    fields = parse_sqlcomment(sent.replace("%%", "%"))
+    first, second, third, _ = sent_statements
+    fields = parse_sqlcomment(first.replace("%%", "%"))
     assert fields["request_id"] == "req:42"
     assert fields["route"] == "/authors/{author_id}"
-    (db_span,) = spans.get_finished_spans()
-    context = db_span.context
-    assert fields["traceparent"].startswith(f"00-{context.trace_id:032x}-{context.span_id:016x}-")
+    finished = spans.get_finished_spans()
+    first_request = next(s for s in finished if s.name.startswith("GET"))
+    assert fields["traceparent"] == _traceparent(first_request.context)
+    # Each statement still has its own span, a child of its request's.
+    db_spans = [s for s in finished if s.kind == trace.SpanKind.CLIENT]
+    request_ids = {s.context.span_id for s in finished if s.name.startswith("GET")}
+    assert len(db_spans) == 4
+    assert {s.parent.span_id for s in db_spans if s.parent is not None} == request_ids
+    # One comment per request, shared by its statements; the next request has its own.
+    assert _comment_of(first) == _comment_of(second)
+    assert parse_sqlcomment(third.replace("%%", "%"))["request_id"] == "req:43"
 
 
 def test_sql_commenter_can_be_turned_off(engine: Engine) -> None:
@@ -280,19 +311,24 @@ def test_instrumenting_twice_makes_one_span_and_uninstrument_removes_everything(
 ) -> None:
     seen: list[str] = []
     event.listen(engine, "after_cursor_execute", lambda *args: seen.append(args[2]))
+    tracer = trace.get_tracer("test")
     stackwatch.instrument_sqlalchemy(engine)
     stackwatch.instrument_sqlalchemy(engine)
-    with engine.connect() as connection:
+    with tracer.start_as_current_span("job"), engine.connect() as connection:
         connection.execute(text("SELECT 1"))
-    assert len(spans.get_finished_spans()) == 1
+    assert [s.name for s in spans.get_finished_spans()] == ["SELECT " + engine.url.database, "job"]
     assert "traceparent=" in seen[-1]
 
     stackwatch.uninstrument_sqlalchemy(engine)
     stackwatch.uninstrument_sqlalchemy(engine)
     spans.clear()
-    with work_scope("http", "/after") as scope, engine.connect() as connection:
+    with (
+        tracer.start_as_current_span("job"),
+        work_scope("http", "/after") as scope,
+        engine.connect() as connection,
+    ):
         connection.execute(text("SELECT 1"))
-    assert spans.get_finished_spans() == ()
+    assert [s.name for s in spans.get_finished_spans()] == ["job"]
     assert seen[-1] == "SELECT 1"
     assert scope.queries == 0
 
@@ -307,7 +343,10 @@ async def test_async_engine_gets_spans_comments_and_n_plus_one_detection(
     stackwatch.instrument_sqlalchemy(async_engine, settings=load_settings(nplusone_threshold=3))
     event.listen(async_engine.sync_engine, "after_cursor_execute", lambda *a: seen.append(a[2]))
     try:
-        with work_scope("http", "/async/{id}") as scope:
+        with (
+            trace.get_tracer("test").start_as_current_span("GET /async/{id}"),
+            work_scope("http", "/async/{id}") as scope,
+        ):
             async with async_engine.connect() as connection:
                 for author_id in (1, 2, 3):
                     statement = text("SELECT name FROM authors WHERE id = :id")
@@ -365,6 +404,7 @@ def test_a_failing_listener_never_breaks_the_query_and_is_logged_once(
     engine: Engine, logs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stackwatch.instrument_sqlalchemy(engine, settings=load_settings())
+    before = _sample("db_query_duration_seconds_count", operation="SELECT")
 
     def broken(statement: str) -> None:
         raise ValueError("normaliser exploded")
@@ -374,4 +414,84 @@ def test_a_failing_listener_never_breaks_the_query_and_is_logged_once(
         for _ in range(3):
             assert connection.execute(text("SELECT 41 + 1")).scalar_one() == 42
     failures = [entry for entry in logs if "listener failed" in entry["event"]]
-    assert sorted(entry["stage"] for entry in failures) == ["annotate", "count"]
+    assert [entry["stage"] for entry in failures] == ["count"]
+    # The other parts of the listener went on working: the statements were still timed.
+    assert _sample("db_query_duration_seconds_count", operation="SELECT") == before + 3
+
+
+def test_statements_outside_any_span_get_no_span_unless_root_spans_is_asked_for(
+    engine: Engine, spans: InMemorySpanExporter
+) -> None:
+    seen: list[str] = []
+    event.listen(engine, "after_cursor_execute", lambda *args: seen.append(args[2]))
+    stackwatch.instrument_sqlalchemy(engine, settings=load_settings())
+    before = _sample("db_query_duration_seconds_count", operation="SELECT")
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+    assert spans.get_finished_spans() == ()
+    assert seen == ["SELECT 1"]  # nothing to say: no request id, route or span
+    assert _sample("db_query_duration_seconds_count", operation="SELECT") == before + 1
+
+    stackwatch.uninstrument_sqlalchemy(engine)
+    stackwatch.instrument_sqlalchemy(engine, settings=load_settings(), root_spans=True)
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+    (root,) = spans.get_finished_spans()
+    assert root.parent is None
+    traceparent = parse_sqlcomment(seen[-1])["traceparent"]
+    assert traceparent == _traceparent(root.context)
+
+
+def test_unsampled_request_gets_no_db_span_but_keeps_comment_metrics_and_n_plus_one(
+    engine: Engine, sent_statements: list[str], spans: InMemorySpanExporter
+) -> None:
+    settings = load_settings(nplusone_threshold=3)
+    stackwatch.uninstrument_sqlalchemy(engine)
+    stackwatch.instrument_sqlalchemy(engine, settings=settings)
+    unsampled = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(0))
+    before = _sample("db_query_duration_seconds_count", operation="SELECT")
+    token = bind_request_id("req-unsampled")
+    try:
+        with (
+            trace.use_span(NonRecordingSpan(unsampled)),
+            work_scope("http", "/unsampled") as scope,
+            engine.connect() as connection,
+        ):
+            for author_id in (1, 2, 3):
+                statement = text("SELECT name FROM authors WHERE id = :id")
+                connection.execute(statement, {"id": author_id})
+    finally:
+        reset_request_id(token)
+
+    assert spans.get_finished_spans() == ()
+    assert scope.reported == {"SELECT name FROM authors WHERE id = ?"}
+    assert _sample("db_query_duration_seconds_count", operation="SELECT") == before + 3
+    fields = parse_sqlcomment(sent_statements[-1].replace("%%", "%"))
+    assert fields["request_id"] == "req-unsampled"
+    assert fields["traceparent"] == f"00-{0xABC:032x}-{0xDEF:016x}-00"
+
+
+def test_engine_already_traced_by_contrib_keeps_its_spans_and_gets_no_second_one(
+    engine: Engine, spans: InMemorySpanExporter
+) -> None:
+    # What opentelemetry-instrument does to every engine it sees created.
+    counter = metrics.get_meter("test").create_up_down_counter("test.connections")
+    EngineTracer(trace.get_tracer("contrib"), engine, counter)
+    seen: list[str] = []
+    event.listen(engine, "after_cursor_execute", lambda *args: seen.append(args[2]))
+    stackwatch.instrument_sqlalchemy(engine, settings=load_settings())
+    try:
+        with (
+            trace.get_tracer("test").start_as_current_span("GET /x"),
+            work_scope("http", "/x") as scope,
+            engine.connect() as connection,
+        ):
+            connection.execute(text("SELECT 1"))
+    finally:
+        stackwatch.uninstrument_sqlalchemy(engine)
+        sw_sqlalchemy._detach_contrib_spans(engine)
+
+    db_spans = [s for s in spans.get_finished_spans() if s.kind == trace.SpanKind.CLIENT]
+    assert len(db_spans) == 1
+    assert scope.queries == 1
+    assert parse_sqlcomment(seen[-1].replace("%%", "%"))["route"] == "/x"

@@ -1,16 +1,22 @@
 """SQLAlchemy: spans, query timing, the slow-query log, SQL comments and N+1 detection.
 
 Spans come from OpenTelemetry's SQLAlchemy instrumentation, attached to the one
-engine given (never by patching ``create_engine`` for the whole process). Around it
-stackwatch adds what the contrib package lacks: ``db_query_duration_seconds``, a
-slow-query warning carrying the request id and trace id, sqlcommenter comments with
-``traceparent``, ``request_id`` and ``route`` (so ``pg_stat_statements`` and the
-server's slow log point back at the request), and per-request statement counts that
-expose N+1 patterns while the request is still being served.
+engine given (never by patching ``create_engine`` for the whole process) and made
+only for statements of a sampled request or task. Around it stackwatch adds what the
+contrib package lacks: ``db_query_duration_seconds``, a slow-query warning carrying
+the request id and trace id, sqlcommenter comments with ``traceparent``,
+``request_id`` and ``route`` (so ``pg_stat_statements`` and the server's slow log
+point back at the request), and per-request statement counts that expose N+1
+patterns while the request is still being served.
+
+The per-statement path is what a fast query pays for, so it is one listener per
+SQLAlchemy event, and what does not change per statement (the comment of a request,
+the labelled histogram of a statement) is computed once and looked up after that.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import weakref
@@ -20,9 +26,14 @@ from typing import Any
 
 import structlog
 from opentelemetry import metrics, trace
-from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer, _after_cur_exec
+from opentelemetry.instrumentation.sqlalchemy.engine import (
+    EngineTracer,
+    _after_cur_exec,
+    _handle_error,
+)
 from opentelemetry.instrumentation.sqlalchemy.version import __version__ as _contrib_version
 from opentelemetry.semconv.metrics import MetricInstruments
+from opentelemetry.trace import SpanContext
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -36,7 +47,7 @@ from stackwatch.scope import (
     unregister_scope_closer,
 )
 from stackwatch.settings import NPlusOneMode, Settings, get_settings
-from stackwatch.sqltext import StatementShape, has_comment, sqlcomment, statement_shape
+from stackwatch.sqltext import has_comment, sqlcomment, statement_operation, statement_shape
 
 __all__ = ["NPlusOneError", "instrument_sqlalchemy", "uninstrument_sqlalchemy"]
 
@@ -47,6 +58,10 @@ _log = structlog.get_logger("stackwatch.sqlalchemy")
 _CONTEXT_ATTRIBUTE = "_stackwatch_query"
 _PARAMETERS_LOG_CHARS = 1000
 _EXAMPLE_CHARS = 1000
+# Caches keyed by statement text are bounded: a loop of literal SQL makes every text new.
+_CACHED_TEXTS = 4096
+# contrib's listeners for these events are called by ours, only for statements with a span.
+_STATEMENT_EVENTS = frozenset({"before_cursor_execute", "after_cursor_execute", "handle_error"})
 
 
 class NPlusOneError(RuntimeError):
@@ -66,9 +81,26 @@ class NPlusOneError(RuntimeError):
         self.path = path
 
 
+class _StatementSpans(EngineTracer):
+    """OpenTelemetry contrib's ``EngineTracer`` whose statement listeners stackwatch calls.
+
+    Its connection-pool listeners are attached as usual. Its per-statement ones are
+    not attached: stackwatch's listeners call them, and only for a statement that
+    gets a span. Left to itself, contrib computes a span's name and attributes for
+    every statement, recording or not, which costs more than a fast query.
+    """
+
+    @classmethod
+    def _register_event_listener(
+        cls, target: Any, identifier: str, func: Any, *args: Any, **kw: Any
+    ) -> None:
+        if identifier not in _STATEMENT_EVENTS:
+            super()._register_event_listener(target, identifier, func, *args, **kw)
+
+
 @dataclass
 class _QueryListeners:
-    """The event listeners of one instrumented engine, configured from the settings."""
+    """The event listeners of one instrumented engine: one per SQLAlchemy event, one pass each."""
 
     slow_query_s: float
     log_parameters: bool
@@ -76,11 +108,17 @@ class _QueryListeners:
     nplusone_threshold: int
     comment: bool
     percent_placeholders: bool
+    root_spans: bool
+    # None when contrib's own instrumentation already traces the engine (its listeners run).
+    spans: _StatementSpans | None = None
+    # Statement text -> its db_query_duration_seconds{operation} child, bounded.
     _durations: dict[str, Any] = field(default_factory=dict)
     _failed_stages: set[str] = field(default_factory=set)
 
     @classmethod
-    def from_settings(cls, settings: Settings, engine: Engine) -> _QueryListeners:
+    def from_settings(
+        cls, settings: Settings, engine: Engine, *, root_spans: bool
+    ) -> _QueryListeners:
         return cls(
             slow_query_s=settings.slow_query_ms / 1000.0,
             log_parameters=settings.log_sql_parameters,
@@ -88,9 +126,10 @@ class _QueryListeners:
             nplusone_threshold=settings.nplusone_threshold,
             comment=settings.sql_commenter,
             percent_placeholders=engine.dialect.paramstyle in ("format", "pyformat"),
+            root_spans=root_spans,
         )
 
-    def count(
+    def before(
         self,
         conn: Any,
         cursor: Any,
@@ -99,25 +138,52 @@ class _QueryListeners:
         context: Any,
         executemany: bool,
     ) -> tuple[str, Any]:
-        """Count the statement into the current request or task; the N+1 check happens here.
+        """Count the statement, start its span if wanted, append the comment, start the clock.
 
         Registered ahead of every other listener, so that ``NPlusOneError`` stops the
-        statement before a span is started for it.
+        statement before any span is started for it. Each part fails on its own: a
+        broken one costs its own telemetry, never the others' or the query.
         """
-        try:
-            shape = statement_shape(statement)
-            scope = current_scope()
-            if scope is not None:
-                scope.queries += 1
-                if not shape.batched and self.nplusone != "off":
-                    self._count_statement(scope, shape, statement)
-        except NPlusOneError:
-            raise
-        except Exception:
-            self._listener_failed("count")
-        return statement, parameters
+        scope = current_scope()
+        if scope is not None:
+            try:
+                self._count(scope, statement)
+            except NPlusOneError:
+                raise
+            except Exception:
+                self._listener_failed("count")
+        current = trace.get_current_span().get_span_context()
+        # A span only where it can be exported: under a sampled parent, or (root_spans)
+        # outside any span, where the sampler decides. Children of an unsampled request
+        # would be dropped by every standard sampler anyway.
+        if self.spans is not None and (
+            current.trace_flags.sampled if current.is_valid else self.root_spans
+        ):
+            try:
+                statement, parameters = self.spans._before_cur_exec(
+                    conn, cursor, statement, parameters, context, executemany
+                )
+            except Exception:
+                self._listener_failed("span")
+        sent = statement
+        if self.comment and not has_comment(statement):
+            try:
+                comment = self._comment(scope, current, context, parameters)
+                if comment:
+                    sent = f"{statement} {comment}"
+            except Exception:
+                self._listener_failed("comment")
+        setattr(context, _CONTEXT_ATTRIBUTE, (statement, time.perf_counter()))
+        return sent, parameters
 
-    def _count_statement(self, scope: WorkScope, shape: StatementShape, statement: str) -> None:
+    def _count(self, scope: WorkScope, statement: str) -> None:
+        """Count the statement into its request or task; the N+1 check happens here."""
+        scope.queries += 1
+        if self.nplusone == "off":
+            return
+        shape = statement_shape(statement)
+        if shape.batched:
+            return
         key = shape.normalized
         count = scope.statements[key] + 1
         scope.statements[key] = count
@@ -132,47 +198,27 @@ class _QueryListeners:
             if self.nplusone == "raise":
                 raise NPlusOneError(key, count, scope.name)
 
-    def annotate(
-        self,
-        conn: Any,
-        cursor: Any,
-        statement: str,
-        parameters: Any,
-        context: Any,
-        executemany: bool,
-    ) -> tuple[str, Any]:
-        """Append the sqlcommenter comment and start the clock; runs after the span started."""
-        try:
-            shape = statement_shape(statement)
-            span = getattr(context, "_otel_span", None)
-            commented = statement
-            if self.comment and not has_comment(statement):
-                comment = self._comment(span, context, parameters)
-                if comment:
-                    commented = f"{statement} {comment}"
-            setattr(context, _CONTEXT_ATTRIBUTE, (shape, span, time.perf_counter()))
-        except Exception:
-            self._listener_failed("annotate")
-            return statement, parameters
-        return commented, parameters
-
-    def _comment(self, span: Any, context: Any, parameters: Any) -> str:
-        span_context = (span or trace.get_current_span()).get_span_context()
-        scope = current_scope()
-        fields = {
-            "request_id": request_id(),
-            "route": scope.name if scope is not None else None,
-            "traceparent": (
-                f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
-                f"{int(span_context.trace_flags):02x}"
-                if span_context.is_valid
-                else None
-            ),
-        }
+    def _comment(
+        self, scope: WorkScope | None, current: SpanContext, context: Any, parameters: Any
+    ) -> str:
+        if not current.is_valid:
+            own_span = getattr(context, "_otel_span", None)  # a root span (root_spans)
+            if own_span is not None:
+                current = own_span.get_span_context()
+        request = request_id()
+        if scope is None and request is None and not current.is_valid:
+            return ""  # nothing to say: the text stays the same, the driver's caches work
         # SQLAlchemy hands the statement to the driver unformatted only when it has no
         # parameters at all; otherwise a %-paramstyle driver reads '%%' as '%'.
         sent_raw = not parameters and bool(getattr(context, "no_parameters", False))
-        return sqlcomment(fields, double_percent=self.percent_placeholders and not sent_raw)
+        return _comment_text(
+            request,
+            scope.name if scope is not None else None,
+            current.trace_id if current.is_valid else 0,
+            current.span_id,
+            current.trace_flags,
+            self.percent_placeholders and not sent_raw,
+        )
 
     def finished(
         self,
@@ -183,20 +229,35 @@ class _QueryListeners:
         context: Any,
         executemany: bool,
     ) -> None:
-        """Record the duration of a statement that completed."""
-        try:
-            self._record(context, parameters)
-        except Exception:
-            self._listener_failed("finished")
+        """Stop the clock, end the span, record the duration of a statement that completed."""
+        started = getattr(context, _CONTEXT_ATTRIBUTE, None)
+        elapsed = time.perf_counter() - started[1] if started is not None else 0.0
+        if self.spans is not None:
+            try:
+                _after_cur_exec(conn, cursor, statement, parameters, context, executemany)
+            except Exception:
+                self._listener_failed("span")
+        if started is not None:
+            try:
+                self._record(started[0], elapsed, context, parameters)
+            except Exception:
+                self._listener_failed("finished")
 
     def failed(self, exception_context: Any) -> None:
-        """Record the duration of a statement that raised (a timeout is often the slowest)."""
-        try:
-            context = exception_context.execution_context
-            if context is not None:
-                self._record(context, exception_context.parameters)
-        except Exception:
-            self._listener_failed("failed")
+        """The same for a statement that raised (a timeout is often the slowest)."""
+        context = exception_context.execution_context
+        started = getattr(context, _CONTEXT_ATTRIBUTE, None) if context is not None else None
+        elapsed = time.perf_counter() - started[1] if started is not None else 0.0
+        if self.spans is not None:
+            try:
+                _handle_error(exception_context)
+            except Exception:
+                self._listener_failed("span")
+        if started is not None:
+            try:
+                self._record(started[0], elapsed, context, exception_context.parameters)
+            except Exception:
+                self._listener_failed("failed")
 
     def _listener_failed(self, stage: str) -> None:
         """Telemetry never breaks a query: log a listener's failure once, then stay quiet."""
@@ -207,26 +268,39 @@ class _QueryListeners:
             "stackwatch SQLAlchemy listener failed; statements run without it", stage=stage
         )
 
-    def _record(self, context: Any, parameters: Any) -> None:
-        started = getattr(context, _CONTEXT_ATTRIBUTE, None)
-        if started is None:
-            return
+    def _record(self, statement: str, elapsed: float, context: Any, parameters: Any) -> None:
         setattr(context, _CONTEXT_ATTRIBUTE, None)
-        shape, span, start = started
-        elapsed = time.perf_counter() - start
-        histogram = self._durations.get(shape.operation)
+        histogram = self._durations.get(statement)
         if histogram is None:
-            histogram = sw_metrics.db_query_duration_seconds.labels(operation=shape.operation)
-            self._durations[shape.operation] = histogram
+            histogram = self._duration_histogram(statement)
         if elapsed < self.slow_query_s:
             histogram.observe(elapsed)
             return
-        self._slow(shape, span, elapsed, parameters, histogram)
+        self._slow(statement, context, elapsed, parameters, histogram)
+
+    def _duration_histogram(self, statement: str) -> Any:
+        """The labelled histogram of a statement text, remembered: a dictionary hit next time.
+
+        Only the first keyword is needed for the label, so a statement without a comment
+        is not normalised (a loop of literal SQL would make the normaliser run each time).
+        """
+        operation = (
+            statement_shape(statement).operation
+            if has_comment(statement)
+            else statement_operation(statement)
+        )
+        histogram = sw_metrics.db_query_duration_seconds.labels(operation=operation)
+        if len(self._durations) >= _CACHED_TEXTS:
+            self._durations.clear()
+        self._durations[statement] = histogram
+        return histogram
 
     def _slow(
-        self, shape: StatementShape, span: Any, elapsed: float, parameters: Any, histogram: Any
+        self, statement: str, context: Any, elapsed: float, parameters: Any, histogram: Any
     ) -> None:
-        span_context = (span or trace.get_current_span()).get_span_context()
+        shape = statement_shape(statement)
+        span = getattr(context, "_otel_span", None) or trace.get_current_span()
+        span_context = span.get_span_context()
         fields: dict[str, Any] = {
             "statement": shape.normalized,
             "operation": shape.operation,
@@ -250,6 +324,25 @@ class _QueryListeners:
         _log.warning("slow query", **fields)
 
 
+@functools.lru_cache(maxsize=1024)
+def _comment_text(
+    request: str | None,
+    route: str | None,
+    trace_id: int,
+    span_id: int,
+    trace_flags: int,
+    double_percent: bool,
+) -> str:
+    """The sqlcommenter comment for these values; cached, as a request's statements share it.
+
+    The ``traceparent`` names the span the statement runs in (the request's or task's),
+    so the comment changes once per request, not once per statement.
+    """
+    traceparent = f"00-{trace_id:032x}-{span_id:016x}-{trace_flags:02x}" if trace_id else None
+    fields = {"request_id": request, "route": route, "traceparent": traceparent}
+    return sqlcomment(fields, double_percent=double_percent)
+
+
 @dataclass
 class _Instrumentation:
     """What ``instrument_sqlalchemy`` attached to one engine, so that it can be taken off."""
@@ -267,7 +360,7 @@ def _sync_engine(engine: Engine | AsyncEngine) -> Engine:
 
 
 def instrument_sqlalchemy(
-    engine: Engine | AsyncEngine, *, settings: Settings | None = None
+    engine: Engine | AsyncEngine, *, settings: Settings | None = None, root_spans: bool = False
 ) -> None:
     """Instrument one engine (sync or async): spans, timing, slow queries, comments, N+1.
 
@@ -275,25 +368,31 @@ def instrument_sqlalchemy(
     undoes it. ``settings`` defaults to those ``stackwatch.setup()`` installed. When
     OpenTelemetry's SQLAlchemy instrumentation already traces this engine (under
     ``opentelemetry-instrument``), its spans are kept and no second span is made.
+
+    A statement gets a span when it runs inside a sampled span (a request, a task, or
+    one of the user's own). ``root_spans=True`` also gives a statement that runs
+    outside any span (start-up code, scripts, background threads) a trace of its own;
+    off by default, as such one-span traces are noise in Jaeger. Those statements are
+    still timed, logged when slow and commented.
     """
     sync_engine = _sync_engine(engine)
     with _lock:
         if sync_engine in _instrumented:
             return
-        listeners = _QueryListeners.from_settings(settings or get_settings(), sync_engine)
-        event.listen(
-            sync_engine, "before_cursor_execute", listeners.count, retval=True, insert=True
+        listeners = _QueryListeners.from_settings(
+            settings or get_settings(), sync_engine, root_spans=root_spans
         )
         owns_spans = not event.contains(sync_engine, "after_cursor_execute", _after_cur_exec)
         if owns_spans:
-            _attach_contrib_spans(sync_engine)
+            listeners.spans = _attach_contrib_spans(sync_engine)
         attached: list[tuple[str, Callable[..., Any]]] = [
-            ("before_cursor_execute", listeners.count),
-            ("before_cursor_execute", listeners.annotate),
+            ("before_cursor_execute", listeners.before),
             ("after_cursor_execute", listeners.finished),
             ("handle_error", listeners.failed),
         ]
-        event.listen(sync_engine, "before_cursor_execute", listeners.annotate, retval=True)
+        event.listen(
+            sync_engine, "before_cursor_execute", listeners.before, retval=True, insert=True
+        )
         event.listen(sync_engine, "after_cursor_execute", listeners.finished)
         event.listen(sync_engine, "handle_error", listeners.failed)
         _instrumented[sync_engine] = _Instrumentation(attached, owns_spans)
@@ -315,8 +414,8 @@ def uninstrument_sqlalchemy(engine: Engine | AsyncEngine) -> None:
             unregister_scope_closer(_close_scope)
 
 
-def _attach_contrib_spans(engine: Engine) -> None:
-    """Attach OpenTelemetry's SQLAlchemy span listeners to ``engine`` alone.
+def _attach_contrib_spans(engine: Engine) -> _StatementSpans:
+    """OpenTelemetry's SQLAlchemy span maker for ``engine`` alone (pool listeners attached).
 
     ``SQLAlchemyInstrumentor().instrument()`` would also patch ``create_engine`` for
     the whole process and, being a singleton, could not be undone per engine.
@@ -331,7 +430,7 @@ def _attach_contrib_spans(engine: Engine) -> None:
             "attribute."
         ),
     )
-    EngineTracer(tracer, engine, connections_usage, enable_commenter=False)
+    return _StatementSpans(tracer, engine, connections_usage, enable_commenter=False)
 
 
 def _detach_contrib_spans(engine: Engine) -> None:
@@ -345,9 +444,18 @@ def _detach_contrib_spans(engine: Engine) -> None:
             registered.remove(entry)
 
 
+# path -> its db_queries_per_request child; routes and task names are a bounded set.
+_per_request: dict[str, Any] = {}
+
+
 def _close_scope(scope: WorkScope) -> None:
     """Per request or task: observe the statement count and report each N+1 statement once."""
-    sw_metrics.db_queries_per_request.labels(path=scope.name).observe(scope.queries)
+    histogram = _per_request.get(scope.name)
+    if histogram is None:
+        histogram = sw_metrics.db_queries_per_request.labels(path=scope.name)
+        if len(_per_request) < _CACHED_TEXTS:
+            _per_request[scope.name] = histogram
+    histogram.observe(scope.queries)
     for statement in sorted(scope.reported):
         sw_metrics.db_n_plus_one_total.labels(path=scope.name).inc()
         _log.warning(
