@@ -1,9 +1,9 @@
 """FastAPI instrumentation: one server span, the latency histogram, request ids and /metrics.
 
 ``instrument_fastapi(app)`` wraps the app's middleware stack (outside Starlette's
-error middleware, so unhandled 500s are seen and carry the request id) with two
-pure-ASGI layers: ``RequestIdMiddleware`` and ``HttpTelemetryMiddleware``, which
-opens the server span, keeps ``api_requests_in_progress`` and observes
+error middleware, so unhandled 500s are seen and carry the request id) with one
+pure-ASGI layer, ``HttpTelemetryMiddleware``: it does what ``RequestIdMiddleware``
+does, opens the server span, keeps ``api_requests_in_progress`` and observes
 ``api_request_duration_seconds{method,path,status}`` with a trace-id exemplar.
 
 Why our own span and not FastAPI's native telemetry: measured side by side
@@ -36,11 +36,13 @@ import fastapi
 import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
     BaseInstrumentor,
 )
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import Gauge, Histogram
 from starlette.routing import Match, Mount
 
@@ -55,8 +57,15 @@ from stackwatch.metrics import (
     multiprocess_dir,
     start_metrics_server,
 )
-from stackwatch.requestid import RequestIdMiddleware, printable, request_id
-from stackwatch.scope import current_scope
+from stackwatch.requestid import (
+    RequestIdMiddleware,
+    accept_request_id,
+    bind_request_id,
+    printable,
+    reset_request_id,
+    with_request_id,
+)
+from stackwatch.scope import WorkScope, close_scope, open_scope
 from stackwatch.settings import get_settings
 
 if TYPE_CHECKING:
@@ -94,6 +103,49 @@ class _AsgiHeaderGetter(Getter[Iterable[tuple[bytes, bytes]]]):
 
 
 _HEADER_GETTER = _AsgiHeaderGetter()
+_NO_PARENT = otel_context.Context()
+# The propagator in force and the headers it reads (lower case), or None when it is not
+# one whose result without its headers is known to be an empty context; refreshed when
+# the global propagator changes.
+_propagation: tuple[object, frozenset[bytes] | None] = (None, None)
+
+
+def _parent_context(headers: list[tuple[bytes, bytes]]) -> otel_context.Context:
+    """The remote parent the request's headers carry (``traceparent``...), else an empty context.
+
+    What ``propagate.extract`` returns, without running the propagators over
+    requests that carry none of their headers (most requests to an edge service).
+    That shortcut is taken only for OpenTelemetry's default propagators (W3C trace
+    context first, then W3C baggage): both return an empty context when their
+    headers are absent. Any other propagator always runs.
+    """
+    global _propagation
+    textmap = propagate.get_global_textmap()
+    known, fields = _propagation
+    if textmap is not known:
+        fields = _default_propagation_fields(textmap)
+        _propagation = (textmap, fields)
+    if fields is not None:
+        for name, _ in headers:
+            if name in fields:
+                break
+        else:
+            return _NO_PARENT
+    return propagate.extract(headers, getter=_HEADER_GETTER)
+
+
+def _default_propagation_fields(textmap: object) -> frozenset[bytes] | None:
+    """The headers of OpenTelemetry's default propagators; None for any other propagator."""
+    propagators = getattr(textmap, "_propagators", [textmap])
+    kinds = [type(propagator) for propagator in propagators]
+    if kinds not in (
+        [TraceContextTextMapPropagator],
+        [TraceContextTextMapPropagator, W3CBaggagePropagator],
+    ):
+        return None
+    return frozenset(
+        field.lower().encode("latin-1") for propagator in propagators for field in propagator.fields
+    )
 
 
 # prometheus-client's labels() takes a lock and builds a key on every call. Label values
@@ -108,13 +160,16 @@ def _duration(method: str, path: str, status: int) -> Histogram:
     return api_request_duration_seconds.labels(method, path, str(status))
 
 
-@dataclass
 class _Request:
     """What the telemetry layer learns about one request while it runs."""
 
-    method: str
-    path: str = UNMATCHED_PATH
-    status: int | None = None
+    __slots__ = ("method", "path", "status", "work")
+
+    def __init__(self, method: str, work: WorkScope) -> None:
+        self.method = method
+        self.path = UNMATCHED_PATH
+        self.status: int | None = None
+        self.work = work
 
     def route_selected(self, template: str) -> None:
         """Move the in-progress gauge to the route; a mount may refine it more than once."""
@@ -123,9 +178,7 @@ class _Request:
         _in_progress(self.method, self.path).dec()
         _in_progress(self.method, template).inc()
         self.path = template
-        work = current_scope()
-        if work is not None:
-            work.name = template
+        self.work.name = template
 
 
 if _RequestTelemetry is not None:
@@ -133,15 +186,18 @@ if _RequestTelemetry is not None:
     class _RouteProbe(_RequestTelemetry):
         """Stands where FastAPI's native telemetry would; FastAPI sets ``route`` on routing.
 
-        FastAPI also puts ``http.route`` and the span name on ``span`` itself, and a
-        mounted FastAPI sub-app that finds this object steps aside instead of starting
-        a span of its own.
+        A mounted FastAPI sub-app that finds this object steps aside instead of
+        starting a span of its own. FastAPI sets ``http.route`` and the span name on
+        ``span``; for our own span it gets None, and ``_finish`` sets both once, only
+        on a span that records (FastAPI would format and set them on every span,
+        sampled or not). A span we only annotate (contrib's, outside us) is passed:
+        its owner may end it before ``_finish`` runs.
         """
 
-        def __init__(self, span: trace.Span, span_method: str, request: _Request) -> None:
+        def __init__(self, span: trace.Span | None, span_method: str, request: _Request) -> None:
             self._request = request
             self._route: str | None = None
-            super().__init__(span=span, span_method=span_method)
+            super().__init__(span=span, span_method=span_method, data=None)
 
         @property
         def route(self) -> str | None:
@@ -173,10 +229,13 @@ def _match_route(routes: Iterable[Any], scope: Scope) -> str | None:
 
 
 class HttpTelemetryMiddleware:
-    """Pure ASGI: the server span, ``api_request_duration_seconds``, in-progress gauge, access log.
+    """Pure ASGI: request id, server span, ``api_request_duration_seconds``, gauge, access log.
 
-    Sits just inside ``RequestIdMiddleware`` and outside Starlette's error middleware,
-    so the status of an unhandled error's 500 page is what gets recorded.
+    Outside Starlette's error middleware, so the status of an unhandled error's 500
+    page is what gets recorded. It does for HTTP requests what ``RequestIdMiddleware``
+    does (same helpers, same order: id bound and work scope opened first, closed
+    last), in the same layer: one ASGI layer and one ``send`` wrapper per request
+    instead of two. WebSockets and /metrics go through a ``RequestIdMiddleware``.
     """
 
     def __init__(
@@ -186,15 +245,25 @@ class HttpTelemetryMiddleware:
         routes: Callable[[], Iterable[Any]],
         metrics_path: str | None,
         metrics_token: str | None,
+        request_id_header: str = "X-Request-ID",
     ) -> None:
         self.app = app
         self._routes = routes
+        self._header = request_id_header.lower().encode("latin-1")
+        self._request_ids = RequestIdMiddleware(app, header_name=request_id_header)
         self._metrics_path = metrics_path
-        self._metrics_app = metrics_asgi_app(metrics_token) if metrics_path else None
+        self._metrics = (
+            RequestIdMiddleware(metrics_asgi_app(metrics_token), header_name=request_id_header)
+            if metrics_path
+            else None
+        )
         self._exemplars = multiprocess_dir() is None  # multiprocess files cannot hold them
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await self._request_ids(scope, receive, send)
+                return
             if scope["type"] == "lifespan":
                 # Servers configure their loggers after opentelemetry-instrument ran
                 # setup(); take them over again now that the server has started.
@@ -204,33 +273,47 @@ class HttpTelemetryMiddleware:
                 logging.getLogger("uvicorn.access").disabled = True
             await self.app(scope, receive, send)
             return
-        if self._metrics_app is not None and scope["path"] == self._metrics_path:
-            await self._metrics_app(scope, receive, send)
+        if self._metrics is not None and scope["path"] == self._metrics_path:
+            await self._metrics(scope, receive, send)
             return
+
+        header_name = self._header
+        incoming = None
+        for name, value in scope["headers"]:
+            if name == header_name:
+                incoming = value
+                break
+        current_id = accept_request_id(incoming)
+        id_header = (header_name, current_id.encode("ascii"))
+        id_token = bind_request_id(current_id)
+        work, work_token = open_scope("http", UNMATCHED_PATH)
 
         original_method = scope["method"]
         method = original_method if original_method in _KNOWN_METHODS else "_OTHER"
         span_method = method if method != "_OTHER" else "HTTP"
-        request = _Request(method)
+        request = _Request(method, work)
         _in_progress(method, UNMATCHED_PATH).inc()
 
-        span, context_token = self._server_span(scope, method, span_method, original_method)
+        span, context_token = _server_span(scope, method, span_method, original_method, current_id)
         probe_installed = False
         native = scope.get(_TELEMETRY_KEY)
         if _RequestTelemetry is not None:
             if native is None:
-                scope[_TELEMETRY_KEY] = _RouteProbe(span, span_method, request)
+                foreign_span = span if context_token is None else None
+                scope[_TELEMETRY_KEY] = _RouteProbe(foreign_span, span_method, request)
                 probe_installed = True
         else:
             template = _match_route(self._routes(), scope)
             if template is not None:
                 request.route_selected(template)
-                span.set_attribute("http.route", template)
-                span.update_name(f"{span_method} {template}")
+                if context_token is None:  # a span we annotate: its owner may end it first
+                    span.set_attribute("http.route", template)
+                    span.update_name(f"{span_method} {template}")
 
         async def send_observing_status(message: Message) -> None:
             if message["type"] == "http.response.start":
                 request.status = message["status"]
+                message["headers"] = with_request_id(message.get("headers", ()), id_header)
             await send(message)
 
         started = time.perf_counter()
@@ -242,51 +325,25 @@ class HttpTelemetryMiddleware:
             raise
         finally:
             elapsed = time.perf_counter() - started
-            if probe_installed:
-                scope.pop(_TELEMETRY_KEY, None)
-            elif native_route := getattr(native, "route", None):
-                # FastAPI's own telemetry was already running (an app it wraps, not
-                # ours to switch off): it tracked the route, read it from there.
-                request.route_selected(native_route)
-            self._finish(request, span, context_token, elapsed, error, scope)
-
-    def _server_span(
-        self, scope: Scope, method: str, span_method: str, original_method: str
-    ) -> tuple[trace.Span, object | None]:
-        """Start our server span, or adopt the one already current (contrib outside us)."""
-        current = trace.get_current_span()
-        if current.is_recording() and getattr(current, "kind", None) is SpanKind.SERVER:
-            self._annotate(current)
-            return current, None
-        parent = propagate.extract(scope["headers"], getter=_HEADER_GETTER)
-        attributes: dict[str, Any] = {
-            "http.request.method": method,
-            "url.path": scope["path"],
-            "url.scheme": scope.get("scheme", "http"),
-        }
-        current_id = request_id()
-        if current_id is not None:
-            attributes["request.id"] = current_id
-        if method != original_method:
-            attributes["http.request.method_original"] = printable(original_method, 32)
-        if scope.get("http_version"):
-            attributes["network.protocol.version"] = scope["http_version"]
-        span = _tracer.start_span(
-            span_method, context=parent, kind=SpanKind.SERVER, attributes=attributes
-        )
-        token = otel_context.attach(trace.set_span_in_context(span, parent))
-        return span, token
-
-    @staticmethod
-    def _annotate(span: trace.Span) -> None:
-        current_id = request_id()
-        if current_id is not None and span.is_recording():
-            span.set_attribute("request.id", current_id)
+            try:
+                if probe_installed:
+                    scope.pop(_TELEMETRY_KEY, None)
+                elif native_route := getattr(native, "route", None):
+                    # FastAPI's own telemetry was already running (an app it wraps,
+                    # not ours to switch off): it tracked the route, read it there.
+                    request.route_selected(native_route)
+                self._finish(request, span, span_method, context_token, elapsed, error, scope)
+            finally:
+                close_scope(work_token)
+        # Reset only on success, as RequestIdMiddleware does: the server's traceback
+        # line for an unhandled error should carry the id too.
+        reset_request_id(id_token)
 
     def _finish(
         self,
         request: _Request,
         span: trace.Span,
+        span_method: str,
         context_token: object | None,
         elapsed: float,
         error: BaseException | None,
@@ -295,38 +352,69 @@ class HttpTelemetryMiddleware:
         # No response start: an exception (Starlette's 500 page was not reached) or
         # the client left first (499, as nginx logs it).
         status = request.status or (500 if error is not None else 499)
+        path = request.path
         span_context = span.get_span_context()
+        # The log line's ids, formatted once here (logs.add_trace_context would look the
+        # span up again); the exemplar reuses the trace id.
+        ids: dict[str, str] = {}
+        if span_context.is_valid:
+            ids["trace_id"] = format(span_context.trace_id, "032x")
+            ids["span_id"] = format(span_context.span_id, "016x")
+        exemplar = None
         if span.is_recording():
+            attributes: dict[str, Any] = {"http.response.status_code": status}
+            if path != UNMATCHED_PATH:
+                attributes["http.route"] = path
+                span.update_name(f"{span_method} {path}")
             if error is not None or status >= 500:
                 if isinstance(error, Exception):
                     span.record_exception(error)
                 span.set_status(Status(StatusCode.ERROR))
-                span.set_attributes(
-                    {
-                        "http.response.status_code": status,
-                        "error.type": _error_type(error) if error is not None else str(status),
-                    }
-                )
-            else:
-                span.set_attribute("http.response.status_code", status)
-        exemplar = (
-            {"trace_id": format(span_context.trace_id, "032x")}
-            if self._exemplars and span_context.trace_flags.sampled
-            else None
-        )
-        _duration(request.method, request.path, status).observe(elapsed, exemplar)
-        _in_progress(request.method, request.path).dec()
+                attributes["error.type"] = _error_type(error) if error is not None else str(status)
+            span.set_attributes(attributes)
+            if self._exemplars and span_context.trace_flags.sampled:
+                exemplar = {"trace_id": ids["trace_id"]}
+        _duration(request.method, path, status).observe(elapsed, exemplar)
+        _in_progress(request.method, path).dec()
         _log.info(
             "request",
             method=request.method,
-            path=request.path,
+            path=path,
             status=status,
             duration_ms=round(elapsed * 1000, 3),
             url=printable(scope["path"], 200),
+            **ids,
         )
         if context_token is not None:
             span.end()
             otel_context.detach(context_token)  # type: ignore[arg-type]
+
+
+def _server_span(
+    scope: Scope, method: str, span_method: str, original_method: str, current_id: str
+) -> tuple[trace.Span, object | None]:
+    """Start our server span, or adopt the one already current (contrib outside us)."""
+    current = trace.get_current_span()
+    if current.is_recording() and getattr(current, "kind", None) is SpanKind.SERVER:
+        current.set_attribute("request.id", current_id)
+        return current, None
+    parent = _parent_context(scope["headers"])
+    # The attributes a sampler may decide on go in at the start, as the conventions ask.
+    attributes: dict[str, Any] = {
+        "http.request.method": method,
+        "url.path": scope["path"],
+        "url.scheme": scope.get("scheme", "http"),
+        "request.id": current_id,
+    }
+    if method != original_method:
+        attributes["http.request.method_original"] = printable(original_method, 32)
+    if scope.get("http_version"):
+        attributes["network.protocol.version"] = scope["http_version"]
+    span = _tracer.start_span(
+        span_method, context=parent, kind=SpanKind.SERVER, attributes=attributes
+    )
+    token = otel_context.attach(trace.set_span_in_context(span, parent))
+    return span, token
 
 
 def _error_type(error: BaseException) -> str:
@@ -374,13 +462,13 @@ def instrument_fastapi(app: fastapi.FastAPI) -> fastapi.FastAPI:
     original_builder = app.build_middleware_stack
 
     def build_middleware_stack() -> ASGIApp:
-        telemetry = HttpTelemetryMiddleware(
+        return HttpTelemetryMiddleware(
             original_builder(),
             routes=lambda: app.routes,
             metrics_path=metrics_path,
             metrics_token=token,
+            request_id_header=settings.request_id_header,
         )
-        return RequestIdMiddleware(telemetry, header_name=settings.request_id_header)
 
     setattr(  # noqa: B010 - an instance attribute shadows the method, and is removable
         app, "build_middleware_stack", build_middleware_stack

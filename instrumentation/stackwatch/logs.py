@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any, TextIO
 
 import orjson
@@ -50,11 +51,37 @@ def add_request_id(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDic
 
 
 def add_trace_context(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    """Add trace_id and span_id (W3C hex) of the active span, if there is a valid one."""
+    """Add trace_id and span_id (W3C hex) of the active span, if there is a valid one.
+
+    A caller that already holds the span (the HTTP access line) passes both ids
+    itself, which saves the context lookup.
+    """
+    if "span_id" in event_dict:
+        return event_dict
     context = trace.get_current_span().get_span_context()
     if context.is_valid:
         event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
         event_dict.setdefault("span_id", format(context.span_id, "016x"))
+    return event_dict
+
+
+_last_second: tuple[int, str] = (-1, "")
+
+
+def add_timestamp(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """``timestamp``: the time in UTC, ISO 8601, as ``TimeStamper(fmt="iso", utc=True)`` writes it.
+
+    The same text (``2026-11-29T22:10:35.745382Z``; no fraction when it is zero),
+    but the date and time of day are formatted once per second instead of building
+    a timezone-aware datetime for every line: a third of the cost.
+    """
+    global _last_second
+    seconds, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    cached_second, prefix = _last_second
+    if seconds != cached_second:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _last_second = (seconds, prefix)
+    event_dict["timestamp"] = f"{prefix}.{micros:06d}Z" if micros else f"{prefix}Z"
     return event_dict
 
 
@@ -85,7 +112,7 @@ def shared_processors() -> list[Processor]:
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_timestamp,
         add_request_id,
         add_trace_context,
     ]
