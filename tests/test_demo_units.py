@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
+from stackwatch.demo.analysis import ROUNDS, analyse, score, simulate
 from stackwatch.demo.data import generate, trading_days
 from stackwatch.demo.measure import PhaseResult
 from stackwatch.demo.report import build_gates, failed
+from stackwatch.demo.service import AnalysisPool
 from stackwatch.demo.vcp import VcpRule, contraction_path, detect
 from stackwatch.demo.workload import ENDPOINTS, VirtualUser, zipf_weights
 
@@ -119,3 +123,20 @@ def test_gates_fail_when_optimized_is_not_better() -> None:
         mode="optimized", requests=100, load_seconds=10, scan_seconds=1.0, scan_tickers=100
     )
     assert "VCP scan time" not in {row.name for row in failed(build_gates(slow, faster))}
+
+
+def test_analysis_split_over_the_pool_gives_the_inline_result() -> None:
+    closes = [float(v) for v in 100 * np.exp(np.cumsum(np.full(250, 0.001)))]
+    closes[::7] = [c * 0.97 for c in closes[::7]]
+    halves = simulate("005930", closes, range(ROUNDS // 2)) + simulate(
+        "005930", closes, range(ROUNDS // 2, ROUNDS)
+    )
+    inline = analyse("005930", closes)
+    assert score("005930", halves) == inline
+    pool = AnalysisPool()
+    pool.start(2)
+    try:
+        assert asyncio.run(pool.run("005930", closes)) == inline
+    finally:
+        pool.stop()
+    assert analyse("000660", closes) != inline

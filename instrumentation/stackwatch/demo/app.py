@@ -11,6 +11,7 @@ stats router.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal
@@ -73,10 +74,20 @@ def create_app(mode: Mode | None = None, database_url: str | None = None) -> Fas
         service.database.configure(url)
         if optimized:
             service.analysis_pool.start(ANALYSIS_PROCESSES)
-            popular = await service.popular_tickers(warm_tickers)
-            await service.warm_up(popular, analysis=False)
-            await service.warm_up(popular[:warm_analyses], concurrency=ANALYSIS_PROCESSES)
-            _log.info("cache warmed", tickers=len(popular), analyses=warm_analyses)
+            started = time.perf_counter()
+            ranked = await service.popular_tickers()
+            await service.warm_analyses(ranked[:warm_analyses], ANALYSIS_PROCESSES)
+            analysed = time.perf_counter()
+            await service.warm_long_lived(ranked)
+            await service.warm_up(ranked[:warm_tickers])
+            _log.info(
+                "cache warmed",
+                tickers=warm_tickers,
+                analyses=warm_analyses,
+                long_lived=len(ranked),
+                analyses_s=round(analysed - started, 1),
+                rest_s=round(time.perf_counter() - analysed, 1),
+            )
         _log.info("demo service ready", mode=chosen)
         yield
         service.analysis_pool.stop()

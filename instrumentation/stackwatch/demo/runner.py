@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -70,7 +71,7 @@ class DemoOptions:
 
     def warm_up(self) -> tuple[int, int]:
         """Popular tickers and analyses the optimized app warms at start: fewer when quick."""
-        return (50, 10) if self.quick else (300, 300)
+        return (50, 10) if self.quick else (500, 500)
 
     def modes(self) -> tuple[str, ...]:
         """The modes to run, in order."""
@@ -240,6 +241,13 @@ def start_services(
     target: Target, mode: str, port: int | None = None, warm: tuple[int, int] = (300, 300)
 ) -> Services:
     """Start uvicorn (the app) and a Celery worker for ``mode``; return once /healthz answers."""
+    return wait_until_ready(launch_services(target, mode, port, warm), target, mode)
+
+
+def launch_services(
+    target: Target, mode: str, port: int | None = None, warm: tuple[int, int] = (300, 300)
+) -> Services:
+    """Start uvicorn (the app) and a Celery worker for ``mode`` without waiting for them."""
     environment = service_environment(target, mode, warm)
     app_port = port or free_port()
     worker_port = free_port()
@@ -294,15 +302,19 @@ def start_services(
         stdout=(logs / f"app-{mode}.log").open("ab"),
         stderr=subprocess.STDOUT,
     )
-    services = Services(
+    return Services(
         app,
         worker,
         f"http://127.0.0.1:{app_port}",
         f"http://127.0.0.1:{worker_port}/metrics",
         multiproc,
     )
+
+
+def wait_until_ready(services: Services, target: Target, mode: str) -> Services:
+    """``services`` once the app answers /healthz; stopped if it does not (or on Ctrl-C)."""
     try:
-        _wait_until_ready(services, logs, mode)
+        _wait_until_ready(services, target.work_dir, mode)
     except BaseException:  # also Ctrl-C / SIGTERM while waiting: never leave them running
         services.stop()
         raise
@@ -351,6 +363,9 @@ async def _load_phase(
         tasks = _celery_app(target, mode)
 
         async def refresh() -> None:
+            # The app warmed prices (30 s) in the seconds before it reported ready:
+            # the first refresh is due before those expire, then every 20 s.
+            await asyncio.sleep(REFRESH_EVERY_S / 2)
             while True:
                 await asyncio.to_thread(tasks.refresh_cache.apply_async)
                 await asyncio.sleep(REFRESH_EVERY_S)
@@ -431,8 +446,14 @@ def run_phase(
     options: DemoOptions,
     console: Console,
     reads: bool,
+    launched: Services | None = None,
+    stopping: list[threading.Thread] | None = None,
 ) -> PhaseResult:
-    """Start the services in ``mode``, drive the load, run the scan, stop them."""
+    """Start the services in ``mode`` (or take ``launched`` ones), drive the load, run the scan.
+
+    The services are stopped in a thread added to ``stopping`` when the phase went
+    well (nothing waits for them any more), right away otherwise.
+    """
     if mode == "optimized":
         console.print("[bold]optimized[/]: creating the plan's indexes CONCURRENTLY")
         schema.migrate(target.database_url, schema.PLAN_INDEXES_REVISION)
@@ -441,8 +462,10 @@ def run_phase(
     purge_prefix(target.redis_url, f"{target.prefix}:cache")
     result = PhaseResult(mode=mode)
     tickers = dataset.by_popularity()
-    console.print(f"[bold]{mode}[/]: starting app and worker")
-    services = start_services(target, mode, warm=options.warm_up())
+    if launched is None:
+        console.print(f"[bold]{mode}[/]: starting app and worker")
+        launched = launch_services(target, mode, warm=options.warm_up())
+    services = wait_until_ready(launched, target, mode)
     try:
         console.print(
             f"[bold]{mode}[/]: {options.effective_users()} users for "
@@ -451,8 +474,14 @@ def run_phase(
         asyncio.run(_load_phase(services, target, mode, tickers, options, result, reads))
         console.print(f"[bold]{mode}[/]: VCP scan of {len(tickers)} tickers")
         _scan_phase(services, target, mode, tickers, result)
-    finally:
+    except BaseException:
         services.stop()
+        raise
+    if stopping is None:
+        services.stop()
+    else:
+        stopping.append(threading.Thread(target=services.stop, name=f"stop-{mode}"))
+        stopping[-1].start()
     console.print(
         f"[bold]{mode}[/]: {result.requests} requests ({result.requests_per_second:.0f}/s), "
         f"scan {result.scan_seconds or 0:.1f}s"
@@ -468,16 +497,36 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
     options.report_dir.mkdir(parents=True, exist_ok=True)
     phases: list[PhaseResult] = []
     started = time.monotonic()
+    stopping: list[threading.Thread] = []
     with _terminate_as_interrupt(), demo_target(console) as target:
-        dataset = seed(target, options.effective_scale(), options.seed, console)
-        reads = measure.enable_statement_stats(target.database_url)
-        if not reads:
-            console.print(
-                "[yellow]pg_stat_statements is not loaded: "
-                "DB reads come from stackwatch's counts[/]"
-            )
-        for mode in options.modes():
-            phases.append(run_phase(target, mode, dataset, options, console, reads))
+        launched: Services | None = None
+        if options.modes()[0] == "baseline":
+            # The baseline app and worker read nothing at start: they start while the data loads.
+            console.print("[bold]baseline[/]: starting app and worker")
+            launched = launch_services(target, "baseline")
+        try:
+            dataset = seed(target, options.effective_scale(), options.seed, console)
+            reads = measure.enable_statement_stats(target.database_url)
+            if not reads:
+                console.print(
+                    "[yellow]pg_stat_statements is not loaded: "
+                    "DB reads come from stackwatch's counts[/]"
+                )
+        except BaseException:
+            if launched is not None:
+                launched.stop()
+            raise
+        try:
+            for mode in options.modes():
+                phases.append(
+                    run_phase(target, mode, dataset, options, console, reads, launched, stopping)
+                )
+                launched = None
+        finally:
+            if launched is not None:  # a phase that failed before taking them over
+                launched.stop()
+            for thread in stopping:
+                thread.join()
         by_mode = {phase.mode: phase for phase in phases}
         rows = report.build_gates(by_mode.get("baseline"), by_mode.get("optimized"))
         meta = {

@@ -15,6 +15,7 @@ import base64
 import datetime as dt
 import multiprocessing
 import os
+from collections.abc import Awaitable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any
 
@@ -29,7 +30,8 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session, joinedload
 
 import stackwatch
-from stackwatch.demo.analysis import analyse
+from stackwatch.cache import warm_up_async
+from stackwatch.demo.analysis import ROUNDS, analyse, score, simulate
 from stackwatch.demo.models import DailyPrice, InstitutionalFlow, Signal, Stock
 from stackwatch.demo.schema import with_driver
 from stackwatch.demo.workload import CHART_DAYS
@@ -42,7 +44,6 @@ MOVING_AVERAGES = (5, 20, 60)
 ANALYSIS_DAYS = 250
 DEFAULT_PAGE = 50
 MAX_PAGE = 200
-ANALYSIS_NICENESS = 5
 
 
 class NotFound(LookupError):
@@ -88,39 +89,47 @@ class Database:
 database = Database()
 
 
-def _yield_to_the_event_loop() -> None:
-    # Lower priority for the analysis processes: on a busy host the event loop that
-    # answers the cheap, cached requests keeps its CPU, and analyses take what is left.
-    os.nice(ANALYSIS_NICENESS)
-
-
 class AnalysisPool:
     """Where the CPU-heavy analysis runs: a process pool in the web app.
 
     A thread would not help: the Monte-Carlo holds the GIL most of the time, so it
     would still stall the event loop and every other request with it. Processes run
-    it beside the loop, at most ``workers`` at once and at a lower CPU priority, so
-    analyses queue instead of starving the requests that the cache answers. Celery's
+    it beside the loop, so analyses queue instead of starving the requests that the
+    cache answers. One analysis is split over every process of the pool (its rounds
+    are independent): a miss waits for its share of the CPU in each of them, not in
+    one, which halved the endpoint's P99 on 2 busy cores. They run at the loop's own
+    CPU priority: an analysis computed here is a user's request waiting for it, and
+    a niced pool on a busy host waited seconds for the CPU (P99 3.5 s). Celery's
     prefork children cannot have children of their own; there (no pool configured)
     the analysis runs inline, which is what a worker process is for.
     """
 
     def __init__(self) -> None:
         self._executor: Executor | None = None
+        self._slices: list[range] = []
 
     def start(self, workers: int) -> None:
         """Start ``workers`` processes (forkserver: never fork a process running a loop)."""
         context = multiprocessing.get_context("forkserver")
-        self._executor = ProcessPoolExecutor(
-            max_workers=workers, mp_context=context, initializer=_yield_to_the_event_loop
-        )
+        self._executor = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+        # Contiguous slices, so the parts joined in order are the rounds in order.
+        self._slices = [
+            range(ROUNDS * part // workers, ROUNDS * (part + 1) // workers)
+            for part in range(workers)
+        ]
 
     async def run(self, ticker: str, closes: list[float]) -> dict[str, Any]:
-        """``analyse(ticker, closes)`` in the pool, or inline without one."""
+        """``analyse(ticker, closes)``: its rounds spread over the pool, or inline without one."""
         if self._executor is None:
             return analyse(ticker, closes)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, analyse, ticker, closes)
+        parts = await asyncio.gather(
+            *(
+                loop.run_in_executor(self._executor, simulate, ticker, closes, rounds)
+                for rounds in self._slices
+            )
+        )
+        return score(ticker, [result for part in parts for result in part])
 
     def stop(self) -> None:
         """Shut the pool down (pending analyses are cancelled)."""
@@ -202,11 +211,11 @@ def decode_cursor(cursor: str) -> str:
         raise ValueError("invalid cursor") from error
 
 
-async def popular_tickers(limit: int) -> list[str]:
-    """The ``limit`` largest companies: the tickers users ask for most."""
+async def popular_tickers(limit: int | None = None) -> list[str]:
+    """The ``limit`` largest companies (all without a limit): the tickers users ask for most."""
     async with database.session() as session:
         rows = await session.scalars(
-            select(Stock.ticker).order_by(Stock.market_cap.desc()).limit(limit)
+            select(Stock.ticker).order_by(Stock.market_cap.desc(), Stock.ticker).limit(limit)
         )
         return list(rows)
 
@@ -327,7 +336,29 @@ async def stock_info(ticker: str) -> dict[str, Any]:
         return {**_stock(stock), "peers": [_stock(peer) for peer in peers]}
 
 
-@stackwatch.cached("price", ttl="price")
+# --- what the refresh task keeps warm ahead of expiry (refresh-ahead) ---
+
+_refreshing: list[str] = []
+
+
+def _tickers_to_refresh() -> list[str]:
+    return list(_refreshing)
+
+
+def _charts_to_refresh() -> list[tuple[str, int]]:
+    return [(ticker, days) for ticker in _refreshing for days in CHART_DAYS]
+
+
+async def _prices_to_refresh() -> list[tuple[str, list[str]]]:
+    infos = await asyncio.gather(*(stock_info(ticker) for ticker in _refreshing))
+    return [
+        (ticker, [peer["ticker"] for peer in info["peers"]])
+        for ticker, info in zip(_refreshing, infos, strict=True)
+        if info
+    ]
+
+
+@stackwatch.cached("price", ttl="price", warm=_prices_to_refresh)
 async def recent_prices(ticker: str, peers: list[str]) -> dict[str, Any]:
     """The last prices of ``ticker`` and the latest close of each peer: two indexed queries."""
     async with database.session() as session:
@@ -349,7 +380,7 @@ async def recent_prices(ticker: str, peers: list[str]) -> dict[str, Any]:
         }
 
 
-@stackwatch.cached("flow", ttl="price")
+@stackwatch.cached("flow", ttl="price", warm=_tickers_to_refresh)
 async def recent_flows(ticker: str) -> list[dict[str, Any]]:
     """The last days of institutional flows (refreshed with prices)."""
     async with database.session() as session:
@@ -397,7 +428,7 @@ async def optimized_stock_detail(ticker: str) -> dict[str, Any]:
     }
 
 
-@stackwatch.cached("chart", ttl="price")
+@stackwatch.cached("chart", ttl="price", warm=_charts_to_refresh)
 async def optimized_chart(ticker: str, days: int) -> dict[str, Any]:
     """Only the rows the chart and its longest moving average need, by index range."""
     longest = max(MOVING_AVERAGES)
@@ -468,17 +499,64 @@ async def optimized_ai_analysis(ticker: str) -> dict[str, Any]:
     return await analysis_pool.run(ticker, closes)
 
 
-async def warm_up(tickers: list[str], concurrency: int = 4, analysis: bool = True) -> int:
-    """Fill the caches for ``tickers`` with bounded concurrency; returns how many were warmed."""
+async def _bounded(calls: list[Awaitable[Any]], concurrency: int) -> None:
     gate = asyncio.Semaphore(concurrency)
 
-    async def one(ticker: str) -> None:
+    async def one(call: Awaitable[Any]) -> None:
         async with gate:
-            await optimized_stock_detail(ticker)
-            for days in CHART_DAYS:
-                await optimized_chart(ticker, days)
-            if analysis:
-                await optimized_ai_analysis(ticker)
+            await call
 
-    await asyncio.gather(*(one(ticker) for ticker in tickers))
+    await asyncio.gather(*(one(call) for call in calls))
+
+
+async def warm_analyses(tickers: list[str], concurrency: int) -> int:
+    """Compute the analyses of ``tickers`` that are not cached (100-300 ms of CPU each).
+
+    Warm them before anything short-lived: they live an hour, prices only 30 s, and
+    prices warmed before a long analysis warm-up were already expiring when traffic
+    arrived.
+    """
+    await _bounded([optimized_ai_analysis(ticker) for ticker in tickers], concurrency)
     return len(tickers)
+
+
+async def warm_up(tickers: list[str], concurrency: int = 4) -> int:
+    """Fill what is missing of the details and charts of ``tickers``; returns how many."""
+
+    async def details(ticker: str) -> None:
+        await optimized_stock_detail(ticker)
+        for days in CHART_DAYS:
+            await optimized_chart(ticker, days)
+
+    await _bounded([details(ticker) for ticker in tickers], concurrency)
+    return len(tickers)
+
+
+async def warm_long_lived(tickers: list[str], concurrency: int = 8) -> int:
+    """Fill company info (1 h) and recent signals (10 min) of ``tickers``: cheap, long-lived.
+
+    Every ticker's, not only the popular ones': one indexed query or two each, and
+    they outlive any burst of traffic, so the long tail of rarely asked tickers
+    misses only on prices.
+    """
+    await _bounded(
+        [call for ticker in tickers for call in (stock_info(ticker), recent_signals(ticker))],
+        concurrency,
+    )
+    return len(tickers)
+
+
+async def refresh_ahead(tickers: list[str], concurrency: int = 4) -> dict[str, dict[str, int]]:
+    """Recompute the short-lived values (prices, flows, charts) of ``tickers`` before they expire.
+
+    Prices live 30 s; a refresh every 20 s rewrites them while they are still
+    present, so popular tickers never miss (waiting for them to expire, then
+    filling, left each one missing until the next run).
+    """
+    _refreshing[:] = tickers
+    try:
+        return await warm_up_async(
+            ["price", "flow", "chart"], refresh=True, concurrency=concurrency
+        )
+    finally:
+        _refreshing.clear()

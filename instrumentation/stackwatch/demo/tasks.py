@@ -33,6 +33,7 @@ from stackwatch.demo.vcp import detect
 
 T = TypeVar("T")
 CHUNK_TICKERS = 100
+REFRESH_AHEAD_TICKERS = 150
 # A lost connection, a restarting server or a pool timeout go away on their own.
 RETRY_OPTIONS: dict[str, Any] = {
     "autoretry_for": (ConnectionError, TimeoutError, OperationalError, InterfaceError),
@@ -188,19 +189,21 @@ def start_chunked_scan(tickers: list[str], chunk_size: int = CHUNK_TICKERS) -> A
 
 
 @app.task(name="demo.refresh_cache")
-def refresh_cache(limit: int | None = None, analyses: int = 0) -> int:
-    """Re-warm what expired for the ``limit`` most popular tickers (default: the app's warm-up).
+def refresh_cache(limit: int | None = None) -> int:
+    """Keep the ``limit`` most popular tickers' prices, flows and charts warm (every 20 s).
 
-    Prices live 30 s, so this runs every 20 s; analyses live an hour and cost
-    100-300 ms of CPU each, so it computes them only when ``analyses`` asks.
+    Prices live 30 s. The most popular ones are recomputed while still cached
+    (refresh-ahead): they are asked several times per interval and would otherwise
+    miss from expiry to the next run. Beyond them a ticker is asked less than once
+    per interval, so recomputing it costs more than its misses: only what expired is
+    filled. Analyses and company info live an hour and are warmed at start.
     """
 
     async def refresh() -> int:
         count = limit or int(os.environ.get("STACKWATCH_DEMO_WARM_TICKERS", "300"))
         popular = await service.popular_tickers(count)
-        await service.warm_up(popular, analysis=False)
-        if analyses:
-            await service.warm_up(popular[:analyses])
+        await service.refresh_ahead(popular[:REFRESH_AHEAD_TICKERS])
+        await service.warm_up(popular[REFRESH_AHEAD_TICKERS:])
         return len(popular)
 
     return run(refresh())
