@@ -27,6 +27,7 @@ from celery.result import AsyncResult
 from kombu import Connection
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import free_port
 from tests.support.celery_app import REDIS_URL, queue_names
 from tests.support.process import REPO, clean_env
 
@@ -37,14 +38,6 @@ BROKERS = {"redis": REDIS_URL, "rabbitmq": RABBITMQ_URL}
 def new_prefix() -> str:
     """A prefix for queue names and keys that no other test uses."""
     return f"swcelery-{uuid.uuid4().hex[:10]}"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:

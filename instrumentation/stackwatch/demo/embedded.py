@@ -49,7 +49,8 @@ class EmbeddedServers:
     postgres_log: Path
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -90,7 +91,7 @@ def embedded_postgres(directory: Path) -> Iterator[tuple[str, Path]]:
         if entry is not None:
             os.chown(directory, entry.pw_uid, entry.pw_gid)
     data, log = directory / "pgdata", directory / "postgres.log"
-    port = _free_port()
+    port = free_port()
     _run_as(
         user_id,
         [

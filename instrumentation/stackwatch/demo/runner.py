@@ -13,7 +13,6 @@ import datetime as dt
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from stackwatch.demo import data as demo_data
 from stackwatch.demo import measure, report, schema, workload
-from stackwatch.demo.embedded import embedded_servers
+from stackwatch.demo.embedded import embedded_servers, free_port
 from stackwatch.demo.measure import PhaseResult
 
 MODES = ("baseline", "optimized")
@@ -88,13 +87,6 @@ class Target:
     prefix: str
     embedded: bool
     work_dir: Path
-
-
-def free_port() -> int:
-    """A loopback TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager
