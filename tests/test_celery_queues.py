@@ -14,11 +14,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from stackwatch.celery import BrokerQueueLengths, uninstrument_celery
 from stackwatch.metrics import CeleryQueueLengthCollector
+from tests.conftest import free_port
 from tests.support.celery_app import make_app, queue_names
 from tests.support.celery_worker import (
     BROKERS,
     delete_broker_state,
-    free_port,
     new_prefix,
     start_worker,
 )
