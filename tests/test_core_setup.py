@@ -94,6 +94,51 @@ def test_stdlib_loggers_are_rendered_as_json_with_trace_ids() -> None:
     assert all(len(line["trace_id"]) == 32 for line in lines)
 
 
+def test_access_line_short_way_writes_what_structlog_writes_and_yields_to_user_config() -> None:
+    """logs.log_info_line skips structlog's call path only while it writes the same line."""
+    code = """
+    import structlog, stackwatch
+    from stackwatch.logs import log_info_line
+    from stackwatch.requestid import bind_request_id
+    stackwatch.setup("svc", traces_exporter="none")
+    bind_request_id("req-1")
+    structlog.contextvars.bind_contextvars(user="u1")
+    fields = {"status": 200, "duration_ms": 1.5, "odd": {1, 2}}
+    log_info_line("stackwatch.http", "request", dict(fields))
+    structlog.get_logger("stackwatch.http").info("request", **fields)
+    structlog.contextvars.unbind_contextvars("user")
+    structlog.configure(processors=[lambda _, __, event: {**event, "mine": True},
+                                    structlog.processors.JSONRenderer()],
+                        logger_factory=structlog.PrintLoggerFactory())
+    log_info_line("stackwatch.http", "request", {"status": 201})
+    """
+    result = run_python(code, clean_env())
+    assert result.returncode == 0, result.stderr
+    short, through_structlog, user_configured = (
+        json.loads(line) for line in result.stdout.splitlines()
+    )
+    short.pop("timestamp")
+    through_structlog.pop("timestamp")
+    assert short == through_structlog
+    assert list(short) == list(through_structlog)  # same key order too
+    assert (short["user"], short["request_id"]) == ("u1", "req-1")
+    assert (short["logger"], short["level"]) == ("stackwatch.http", "info")
+    assert user_configured == {"status": 201, "event": "request", "mine": True}
+
+
+def test_access_line_short_way_respects_the_log_level() -> None:
+    code = """
+    import stackwatch
+    from stackwatch.logs import log_info_line
+    stackwatch.setup("svc", traces_exporter="none", log_level="warning")
+    log_info_line("stackwatch.http", "request", {"status": 200})
+    print("done")
+    """
+    result = run_python(code, clean_env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["done"]
+
+
 def test_console_log_format_is_not_json() -> None:
     code = """
     import stackwatch, structlog

@@ -47,7 +47,7 @@ from prometheus_client import Gauge, Histogram
 from starlette.routing import Match, Mount
 
 from stackwatch.httpx import instrument_httpx
-from stackwatch.logs import adopt_framework_loggers
+from stackwatch.logs import adopt_framework_loggers, log_info_line
 from stackwatch.metrics import (
     UNMATCHED_PATH,
     MetricsServer,
@@ -172,10 +172,15 @@ class _Request:
         self.work = work
 
     def route_selected(self, template: str) -> None:
-        """Move the in-progress gauge to the route; a mount may refine it more than once."""
+        """Count the request in progress on its route; a mount may refine the route later.
+
+        Requests are counted from routing on: before it, there is no route to count
+        them on, and a request no route matches is over in microseconds.
+        """
         if template == self.path:
             return
-        _in_progress(self.method, self.path).dec()
+        if self.path != UNMATCHED_PATH:
+            _in_progress(self.method, self.path).dec()
         _in_progress(self.method, template).inc()
         self.path = template
         self.work.name = template
@@ -292,7 +297,6 @@ class HttpTelemetryMiddleware:
         method = original_method if original_method in _KNOWN_METHODS else "_OTHER"
         span_method = method if method != "_OTHER" else "HTTP"
         request = _Request(method, work)
-        _in_progress(method, UNMATCHED_PATH).inc()
 
         span, context_token = _server_span(scope, method, span_method, original_method, current_id)
         probe_installed = False
@@ -375,16 +379,18 @@ class HttpTelemetryMiddleware:
             if self._exemplars and span_context.trace_flags.sampled:
                 exemplar = {"trace_id": ids["trace_id"]}
         _duration(request.method, path, status).observe(elapsed, exemplar)
-        _in_progress(request.method, path).dec()
-        _log.info(
-            "request",
-            method=request.method,
-            path=path,
-            status=status,
-            duration_ms=round(elapsed * 1000, 3),
-            url=printable(scope["path"], 200),
+        if path != UNMATCHED_PATH:
+            _in_progress(request.method, path).dec()
+        fields = {
+            "method": request.method,
+            "path": path,
+            "status": status,
+            # round(x, 3) formats and parses a decimal string; this is a tenth of that.
+            "duration_ms": int(elapsed * 1_000_000) / 1000,
+            "url": printable(scope["path"], 200),
             **ids,
-        )
+        }
+        log_info_line("stackwatch.http", "request", fields)
         if context_token is not None:
             span.end()
             otel_context.detach(context_token)  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ Keeping this in its own module lets each instrumentation stay ignorant of the ot
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
@@ -28,7 +28,8 @@ class WorkScope:
     kind: ScopeKind
     name: str  # route template (set once routing has matched) or Celery task name
     queries: int = 0
-    statements: Counter[str] = field(default_factory=Counter)
+    # statement -> runs; defaultdict(int) reads like a Counter and is built several times faster
+    statements: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     examples: dict[str, str] = field(default_factory=dict)
     reported: set[str] = field(default_factory=set)
 
