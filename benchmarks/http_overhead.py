@@ -11,8 +11,9 @@ median p50 / p99 latency wrk measured.
 Variants (``--variants`` picks some):
   bare              FastAPI, no TracerProvider: native telemetry stays off
   stackwatch        setup() + instrument_fastapi(): request ids, one server span per
-                    request at 100 % sampling into a batch processor whose exporter
-                    discards, Prometheus histogram + gauge, one JSON log line per request
+                    request at 100 % sampling (stackwatch's provider, sampler and bounded
+                    batch processor, as setup() builds them, with an exporter that
+                    discards), Prometheus histogram + gauge, one JSON log line per request
   stackwatch-10pct  the same with 10 % trace sampling
   native            FastAPI's native OpenTelemetry with its defaults (a TracerProvider set)
   native-lean       native telemetry without operation spans
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 VARIANTS = (
     "bare",
@@ -53,18 +55,21 @@ HERE = Path(__file__).resolve().parent
 # --- the app each uvicorn process serves (uvicorn --factory http_overhead:build_app)
 
 
+class _Discard(SpanExporter):
+    """An exporter that drops what it is given: the benchmark measures the app, not a collector."""
+
+    def export(self, spans: Sequence[Any]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
 def _discarding_tracer_provider(sampling_ratio: float = 1.0) -> Any:
     """A TracerProvider whose spans go through a batch processor to an exporter that drops them."""
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
 
-    class Discard(SpanExporter):
-        def export(self, spans: Sequence[Any]) -> SpanExportResult:
-            return SpanExportResult.SUCCESS
-
     provider = TracerProvider(sampler=ParentBasedTraceIdRatio(sampling_ratio))
-    provider.add_span_processor(BatchSpanProcessor(Discard()))
+    provider.add_span_processor(BatchSpanProcessor(_Discard()))
     return provider
 
 
@@ -80,9 +85,16 @@ def build_app() -> Any:
         import stackwatch
 
         ratio = 0.1 if variant.endswith("10pct") else 1.0
-        # stackwatch's own provider, with a discarding exporter instead of OTLP
-        trace.set_tracer_provider(_discarding_tracer_provider(ratio))
-        stackwatch.setup(service_name="bench", traces_exporter="none")
+        # stackwatch's own provider, sampler and bounded batch processor, as setup()
+        # builds them, with an exporter that discards instead of OTLP
+        settings = stackwatch.setup(
+            service_name="bench", traces_exporter="none", traces_sampler_arg=ratio
+        )
+        from stackwatch.traces import build_span_processor
+
+        trace.get_tracer_provider().add_span_processor(  # type: ignore[attr-defined]
+            build_span_processor(_Discard(), settings)
+        )
         # one log line per request: ours (uvicorn's access line says less, and twice)
         logging.getLogger("uvicorn.access").disabled = True
     elif variant in ("native", "native-lean", "otel-contrib"):

@@ -259,3 +259,10 @@ def test_metrics_scrapes_are_not_measured_as_requests(server: Server) -> None:
         httpx.get(f"{server.url}/metrics")
     text = httpx.get(f"{server.url}/metrics").text
     assert 'path="/metrics"' not in text
+
+
+def test_heap_is_frozen_once_the_app_has_started(server: Server, tmp_path: Any) -> None:
+    """Full collections skip the start-up heap (fastapi._freeze_heap_after_startup)."""
+    assert httpx.get(f"{server.url}/gc-frozen").json()["frozen"] > 10_000
+    with run_uvicorn(tmp_path, env={"STACKWATCH_GC_FREEZE": "false"}) as unfrozen:
+        assert httpx.get(f"{unfrozen.url}/gc-frozen").json()["frozen"] == 0

@@ -24,6 +24,7 @@ known. Older FastAPI: the route is matched up front, as contrib does.
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import threading
 import time
@@ -276,6 +277,8 @@ class HttpTelemetryMiddleware:
                 # uvicorn's, which would log every request a second time.
                 adopt_framework_loggers()
                 logging.getLogger("uvicorn.access").disabled = True
+                if get_settings().gc_freeze:
+                    send = _freeze_heap_after_startup(send)
             await self.app(scope, receive, send)
             return
         if self._metrics is not None and scope["path"] == self._metrics_path:
@@ -394,6 +397,34 @@ class HttpTelemetryMiddleware:
         if context_token is not None:
             span.end()
             otel_context.detach(context_token)  # type: ignore[arg-type]
+
+
+_heap_frozen = False
+
+
+def _freeze_heap_after_startup(send: Send) -> Send:
+    """``send`` that runs ``gc.collect(); gc.freeze()`` once the app reports start-up complete.
+
+    Why: every sampled span lives in the batch processor's queue until it is
+    exported, long enough for the garbage collector to promote it to the oldest
+    generation, and each full collection then walks the whole heap: the modules,
+    classes and functions loaded at start-up, which never become garbage. Measured
+    (benchmarks/http_overhead.py, 100 % sampling), collections cost 20-35 us per
+    request; with the start-up heap frozen, 4 us. Freezing after a collection keeps
+    start-up garbage out of the frozen set; forked workers also share those pages
+    instead of copying them on write. ``STACKWATCH_GC_FREEZE=false`` turns it off.
+    """
+
+    async def send_then_freeze(message: Message) -> None:
+        global _heap_frozen
+        await send(message)
+        if message["type"] == "lifespan.startup.complete" and not _heap_frozen:
+            _heap_frozen = True
+            gc.collect()
+            gc.freeze()
+            _log.debug("heap frozen after start-up", objects=gc.get_freeze_count())
+
+    return send_then_freeze
 
 
 def _server_span(

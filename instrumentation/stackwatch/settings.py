@@ -136,6 +136,8 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_token: SecretStr | None = None
     metrics_path: str = "/metrics"
+    # gc.freeze() the heap once the ASGI app has started (see fastapi.py's _freeze_heap)
+    gc_freeze: bool = True
 
     # --- database ---
     database_url: str | None = Field(

@@ -73,6 +73,14 @@ async def teapot_handler(request: Request, exc: TeapotError) -> JSONResponse:
     return JSONResponse({"seen_request_id": stackwatch.request_id()}, status_code=418)
 
 
+@app.get("/gc-frozen")
+def gc_frozen() -> dict[str, int]:
+    """How many objects gc.freeze() has moved out of the collector's reach."""
+    import gc
+
+    return {"frozen": gc.get_freeze_count()}
+
+
 @app.get("/echo-headers")
 def echo_headers(request: Request) -> dict[str, str]:
     return dict(request.headers)
