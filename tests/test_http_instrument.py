@@ -142,3 +142,22 @@ async def test_opentelemetry_instrument_entry_point_instruments_every_new_app(
     assert fastapi.FastAPI is not type(app)
     plain = make_app()
     assert "x-request-id" not in (await get(plain, "/hello/a")).headers
+
+
+def test_exemplars_are_taken_once_per_bucket_per_second() -> None:
+    from stackwatch import fastapi as instrumentation
+
+    instrumentation._exemplar_next.clear()
+    first = instrumentation._exemplar_due("GET", "/x/{id}", 200, 0.003, "a" * 32)
+    again = instrumentation._exemplar_due("GET", "/x/{id}", 200, 0.004, "b" * 32)
+    slow = instrumentation._exemplar_due("GET", "/x/{id}", 200, 0.7, "c" * 32)
+    other_status = instrumentation._exemplar_due("GET", "/x/{id}", 500, 0.003, "d" * 32)
+    assert first == {"trace_id": "a" * 32}
+    assert again is None  # same bucket (<= 5 ms), within the second
+    assert slow == {"trace_id": "c" * 32}
+    assert other_status == {"trace_id": "d" * 32}
+    key = next(iter(instrumentation._exemplar_next))
+    instrumentation._exemplar_next[key] = 0.0  # the second has passed
+    assert instrumentation._exemplar_due("GET", "/x/{id}", 200, 0.004, "e" * 32) == {
+        "trace_id": "e" * 32
+    }

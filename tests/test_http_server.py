@@ -238,7 +238,9 @@ def test_ten_thousand_unknown_paths_add_no_label_values(server: Server) -> None:
 def test_openmetrics_scrape_has_trace_id_exemplars(server: Server) -> None:
     trace_id = uuid.uuid4().hex
     traceparent = f"00-{trace_id}-{'1' * 16}-01"
-    # a latency bucket no other test lands in is not guaranteed, so look for our trace id
+    # a latency bucket no other test lands in is not guaranteed, so look for our trace id;
+    # a bucket takes one exemplar a second: let any earlier test's slot expire first
+    time.sleep(1.1)
     httpx.get(f"{server.url}/shop/orders/77", headers={"traceparent": traceparent})
     response = httpx.get(f"{server.url}/metrics", headers={"Accept": OPENMETRICS})
     assert response.headers["content-type"].startswith("application/openmetrics-text")
