@@ -26,13 +26,13 @@ import os
 import statistics
 import time
 from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
-from sqlalchemy import Connection, TextClause, create_engine, text
+from sqlalchemy import Connection, TextClause, create_engine, event, text
 
 import stackwatch
 from stackwatch.requestid import bind_request_id, new_request_id, reset_request_id
@@ -58,10 +58,22 @@ class Variant(NamedTuple):
     commenter: bool
     request: Literal["sampled", "unsampled", None]  # None: outside any request
     root_spans: bool = False
+    noop_listeners: bool = False  # bare engine with listeners that do nothing
+
+
+def _noop_before(*args: Any) -> tuple[Any, Any]:
+    return args[2], args[3]
+
+
+def _noop(*args: Any) -> None:
+    return None
 
 
 VARIANTS = {
     "bare": Variant(instrumented=False, commenter=False, request="sampled"),
+    "bare, no-op listeners": Variant(
+        instrumented=False, commenter=False, request="sampled", noop_listeners=True
+    ),
     "stackwatch defaults": Variant(instrumented=True, commenter=True, request="sampled"),
     "no comment": Variant(instrumented=True, commenter=False, request="sampled"),
     "request not sampled": Variant(instrumented=True, commenter=True, request="unsampled"),
@@ -106,8 +118,14 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--only", nargs="*", help="variants to run (bare always runs)")
     args = parser.parse_args()
     url = args.url.replace("postgresql://", "postgresql+psycopg://", 1)
+    variants = {
+        name: variant
+        for name, variant in VARIANTS.items()
+        if not args.only or name == "bare" or name in args.only
+    }
 
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(_DiscardingExporter()))
@@ -120,8 +138,12 @@ def main() -> None:
     }
 
     connections: dict[str, Connection] = {}
-    for name, variant in VARIANTS.items():
+    for name, variant in variants.items():
         engine = create_engine(url)
+        if variant.noop_listeners:  # the floor: what SQLAlchemy charges for any listener
+            event.listen(engine, "before_cursor_execute", _noop_before, retval=True, insert=True)
+            event.listen(engine, "after_cursor_execute", _noop)
+            event.listen(engine, "handle_error", _noop)
         if variant.instrumented:
             settings = load_settings(sql_commenter=variant.commenter)
             stackwatch.instrument_sqlalchemy(
@@ -131,12 +153,12 @@ def main() -> None:
 
     for label, statement in STATEMENTS.items():
         queries = args.queries if label == "SELECT 1" else args.queries // 10
-        rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
-        cpus: dict[str, list[float]] = {name: [] for name in VARIANTS}
-        for name, variant in VARIANTS.items():
+        rates: dict[str, list[float]] = {name: [] for name in variants}
+        cpus: dict[str, list[float]] = {name: [] for name in variants}
+        for name, variant in variants.items():
             _run(connections[name], statement, 200, variant, parents)  # warm up
         for _ in range(args.rounds):
-            for name, variant in VARIANTS.items():
+            for name, variant in variants.items():
                 rate, cpu = _run(connections[name], statement, queries, variant, parents)
                 rates[name].append(rate)
                 cpus[name].append(cpu)
@@ -147,7 +169,7 @@ def main() -> None:
             f"{'variant':<26}{'median stmt/s':>14}{'us/stmt':>9}{'ratio':>7}"
             f"{'CPU us/stmt':>13}{'CPU ratio':>11}"
         )
-        for name in VARIANTS:
+        for name in variants:
             rate, cpu = statistics.median(rates[name]), statistics.median(cpus[name])
             print(
                 f"{name:<26}{rate:>14.0f}{1e6 / rate:>9.1f}{rate / bare:>7.2f}"

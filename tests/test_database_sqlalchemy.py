@@ -495,3 +495,36 @@ def test_engine_already_traced_by_contrib_keeps_its_spans_and_gets_no_second_one
     assert len(db_spans) == 1
     assert scope.queries == 1
     assert parse_sqlcomment(seen[-1].replace("%%", "%"))["route"] == "/x"
+
+
+def test_statement_spans_have_contribs_name_kind_and_attributes(
+    engine: Engine, spans: InMemorySpanExporter
+) -> None:
+    """stackwatch starts the span itself (attributes at once, cached): still contrib's span."""
+
+    def client_spans() -> list[tuple[str, trace.SpanKind, dict[str, Any]]]:
+        with (
+            trace.get_tracer("test").start_as_current_span("GET /x"),
+            engine.connect() as connection,
+        ):
+            connection.execute(text("SELECT name FROM authors WHERE id = :id"), {"id": 1})
+            connection.execute(text("/* leading */ UPDATE authors SET name = name"))
+        finished = [s for s in spans.get_finished_spans() if s.kind == trace.SpanKind.CLIENT]
+        spans.clear()
+        return [(s.name, s.kind, dict(s.attributes or {})) for s in finished]
+
+    counter = metrics.get_meter("test").create_up_down_counter("test.connections")
+    EngineTracer(trace.get_tracer("contrib"), engine, counter)  # contrib's own listeners
+    try:
+        expected = client_spans()
+    finally:
+        sw_sqlalchemy._detach_contrib_spans(engine)
+    stackwatch.instrument_sqlalchemy(engine, settings=load_settings())
+    first, cached = client_spans(), client_spans()
+
+    database = engine.url.database
+    assert [name for name, _, _ in expected] == [f"SELECT {database}", f"UPDATE {database}"]
+    assert "db.statement" in expected[0][2]
+    assert "net.peer.name" in expected[0][2]
+    assert first == expected
+    assert cached == expected

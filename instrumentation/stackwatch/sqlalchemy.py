@@ -22,16 +22,21 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import structlog
 from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.sqlalchemy.engine import (
     EngineTracer,
     _after_cur_exec,
+    _get_attributes_from_cursor_or_conn,
+    _get_attributes_from_url,
+    _get_db_name_from_cursor_or_conn,
     _handle_error,
 )
 from opentelemetry.instrumentation.sqlalchemy.version import __version__ as _contrib_version
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.semconv.metrics import MetricInstruments
 from opentelemetry.trace import SpanContext
 from sqlalchemy import event
@@ -62,6 +67,8 @@ _EXAMPLE_CHARS = 1000
 _CACHED_TEXTS = 4096
 # contrib's listeners for these events are called by ours, only for statements with a span.
 _STATEMENT_EVENTS = frozenset({"before_cursor_execute", "after_cursor_execute", "handle_error"})
+# Where a DBAPI connection's span attributes are kept: SQLAlchemy's per-connection info dict.
+_CONNECTION_FIELDS = "stackwatch.span_fields"
 
 
 class NPlusOneError(RuntimeError):
@@ -81,14 +88,45 @@ class NPlusOneError(RuntimeError):
         self.path = path
 
 
+class _ConnectionFields(NamedTuple):
+    """What contrib derives from a DBAPI connection for every span: fixed per connection."""
+
+    db_name: str | None
+    attributes: tuple[tuple[str, Any], ...]
+
+
+class _AttributeCollector(dict[str, Any]):
+    """Stands in for a span while contrib's code sets a statement's attributes on it."""
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self[key] = value
+
+
 class _StatementSpans(EngineTracer):
-    """OpenTelemetry contrib's ``EngineTracer`` whose statement listeners stackwatch calls.
+    """OpenTelemetry contrib's ``EngineTracer``, its statement spans started by stackwatch.
 
     Its connection-pool listeners are attached as usual. Its per-statement ones are
-    not attached: stackwatch's listeners call them, and only for a statement that
-    gets a span. Left to itself, contrib computes a span's name and attributes for
-    every statement, recording or not, which costs more than a fast query.
+    not attached: stackwatch's listeners start a span only for a statement that gets
+    one (left to itself, contrib computes a span's name and attributes for every
+    statement, recording or not, which costs more than a fast query), and contrib's
+    span end and error handler close it.
+
+    The span is contrib's span: the same name, kind and attributes, computed by
+    contrib's own functions. But contrib derives the connection's attributes and
+    the database name again for every statement, and sets the statement's seven
+    attributes one call (one lock, one validation) at a time after the span has
+    started. Here the connection's part is derived once per DBAPI connection, the
+    statement's part once per statement text (bounded), and all of them are given to
+    ``start_span`` at once, where the sampler sees them too, as the OpenTelemetry
+    specification recommends.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # (statement, connection fields) -> (span name, attributes), bounded.
+        self._statement_fields: dict[
+            tuple[str, _ConnectionFields], tuple[str, MappingProxyType[str, Any]]
+        ] = {}
 
     @classmethod
     def _register_event_listener(
@@ -96,6 +134,56 @@ class _StatementSpans(EngineTracer):
     ) -> None:
         if identifier not in _STATEMENT_EVENTS:
             super()._register_event_listener(target, identifier, func, *args, **kw)
+
+    def start(self, conn: Any, cursor: Any, statement: str, context: Any) -> None:
+        """Start the statement's client span where contrib's before-listener would."""
+        if not is_instrumentation_enabled():
+            return
+        info = conn.info
+        connection = info.get(_CONNECTION_FIELDS)
+        if connection is None:
+            connection = info[_CONNECTION_FIELDS] = self._connection_fields(conn, cursor)
+        fields = self._statement_fields.get((statement, connection))
+        if fields is None:
+            fields = self._new_statement_fields(statement, connection)
+        name, attributes = fields
+        context._otel_span = self.tracer.start_span(
+            name, kind=trace.SpanKind.CLIENT, attributes=attributes
+        )
+
+    def _connection_fields(self, conn: Any, cursor: Any) -> _ConnectionFields:
+        """contrib's connection attributes and database name (its code, its order)."""
+        attributes, found = _get_attributes_from_url(
+            conn.engine.url, self._sem_conv_opt_in_mode_db, self._sem_conv_opt_in_mode_http
+        )
+        if not found:
+            attributes = _get_attributes_from_cursor_or_conn(
+                self.vendor,
+                conn,
+                cursor,
+                attributes,
+                self._sem_conv_opt_in_mode_db,
+                self._sem_conv_opt_in_mode_http,
+            )
+        db_name = _get_db_name_from_cursor_or_conn(self.vendor, conn, cursor)
+        return _ConnectionFields(db_name, tuple(attributes.items()))
+
+    def _new_statement_fields(
+        self, statement: str, connection: _ConnectionFields
+    ) -> tuple[str, MappingProxyType[str, Any]]:
+        """contrib's span name and attributes for ``statement``, remembered."""
+        collected = _AttributeCollector()
+        self._set_db_client_span_attributes(
+            collected, statement, connection.db_name, dict(connection.attributes)
+        )
+        fields = (
+            self._operation_name(connection.db_name, statement),
+            MappingProxyType(collected),
+        )
+        if len(self._statement_fields) >= _CACHED_TEXTS:
+            self._statement_fields.clear()
+        self._statement_fields[statement, connection] = fields
+        return fields
 
 
 @dataclass
@@ -160,9 +248,7 @@ class _QueryListeners:
             current.trace_flags.sampled if current.is_valid else self.root_spans
         ):
             try:
-                statement, parameters = self.spans._before_cur_exec(
-                    conn, cursor, statement, parameters, context, executemany
-                )
+                self.spans.start(conn, cursor, statement, context)
             except Exception:
                 self._listener_failed("span")
         sent = statement
