@@ -103,6 +103,35 @@ def test_background_process_lines_without_the_q_part_are_well_formed(tmp_path: P
     assert report.durations == 1
 
 
+def test_statements_differing_in_digits_of_names_stay_apart(tmp_path: Path) -> None:
+    # Statements that differ only in their digits share one normalisation (the scanner's
+    # shape cache) unless digits survive it, as in table names: those are told apart.
+    statements = [
+        "SELECT * FROM t1 WHERE id = 1",
+        "SELECT * FROM t2 WHERE id = 2",
+        "SELECT * FROM t1 WHERE id = 7",
+        "SELECT * FROM prices WHERE day = '2026-11-27' AND stock_id = 10042",
+        "SELECT * FROM prices WHERE day = '2026-11-28' AND stock_id = 73311",
+    ]
+    log = "".join(
+        f"2026-11-27 09:00:00.000 UTC [1] LOG:  duration: 1.0 ms  statement: {statement}\n"
+        for statement in statements
+    )
+    report = scan_logs([_write(tmp_path / "digits.log", log)])
+    assert {entry.statement: entry.count for entry in report.statements} == {
+        "SELECT * FROM t1 WHERE id = ?": 2,
+        "SELECT * FROM t2 WHERE id = ?": 1,
+        "SELECT * FROM prices WHERE day = ? AND stock_id = ?": 2,
+    }
+
+
+def test_log_line_prefix_without_a_timestamp_counts_under_an_unknown_day(tmp_path: Path) -> None:
+    log = "[7] LOG:  duration: 150.0 ms  statement: SELECT 1\n"
+    report = scan_logs([_write(tmp_path / "nots.log", log)], line_prefix="[%p] ")
+    assert [(d.day, d.statements, d.slow) for d in report.days] == [("unknown", 1, 1)]
+    assert report.malformed_lines == 0
+
+
 def _csv_line(timestamp: str, message: str) -> str:
     out = io.StringIO()
     csv.writer(out).writerow(

@@ -1,8 +1,9 @@
 """``stackwatch db logscan``: the slow-statement summary of PostgreSQL server logs.
 
 Reads stderr logs (any ``log_line_prefix``), csvlog and jsonlog, plain or gzip,
-line by line in constant memory: one pending entry, a bounded number of statement
-groups, each holding a fixed-size log-scale histogram for its p95. Lines that
+block by block in constant memory: one block, a bounded number of statement
+groups, each holding a sparse log-scale histogram for its p95, and two byte-bounded
+caches that spare repeated statements the normaliser. Lines that
 match no format are counted, never fatal, so a half-written or rotated file still
 gives a report. Statements are grouped by the same normaliser the SQLAlchemy
 instrumentation uses (``stackwatch.sqltext``).
@@ -13,6 +14,7 @@ from __future__ import annotations
 import csv
 import gzip
 import math
+import operator
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from typing import IO, Literal
 import orjson
 
 from stackwatch import slo
-from stackwatch.sqltext import normalize_uncached, statement_shape
+from stackwatch.sqltext import normalize_statement, normalize_uncached
 
 __all__ = ["DEFAULT_LINE_PREFIX", "LogScanReport", "LogScanner", "scan_logs"]
 
@@ -37,15 +39,17 @@ _BUCKET_SCALE = 1.0 / math.log(1.04)
 _SUB_MS_BUCKET = -1  # durations under 1 ms share one bucket: p95 reads "under 1 ms" there
 _SLOW_GATE = slo.gate_by_key("slow_queries")
 
-# log_line_prefix escapes, as regular expressions over bytes.
+# log_line_prefix escapes, as regular expressions over bytes. Optional parts are written
+# "(?:X|)", not "(?:X)?": the same match, but Python's engine runs an alternation without
+# the bookkeeping of a repeat, which is most of the cost of a line (about 15 % less).
 _PREFIX_ESCAPES: dict[str, str] = {
-    "m": r"(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+(?: [A-Za-z0-9+:-]+)?)",
-    "t": r"(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?: [A-Za-z0-9+:-]+)?)",
-    "n": r"(?P<epoch>\d+(?:\.\d+)?)",
+    "m": r"(?P<day>\d\d\d\d-\d\d-\d\d) \d\d:\d\d:\d\d\.\d+(?: [A-Za-z0-9+:-]+|)",
+    "t": r"(?P<day>\d\d\d\d-\d\d-\d\d) \d\d:\d\d:\d\d(?: [A-Za-z0-9+:-]+|)",
+    "n": r"\d+(?:\.\d+)?",
     "p": r"\d+",
     "l": r"\d+",
     "c": r"[0-9a-f]+\.[0-9a-f]+",
-    "s": r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?: [A-Za-z0-9+:-]+)?",
+    "s": r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?: [A-Za-z0-9+:-]+|)",
     "v": r"[^ ]*",
     "x": r"\d+",
     "e": r"[0-9A-Z]{5}",
@@ -53,15 +57,17 @@ _PREFIX_ESCAPES: dict[str, str] = {
     "a": r"[^\n]*?",  # application_name may hold spaces
     "%": "%",
 }
-# User, database, host and the rest: one token without spaces.
-_FREE_FORM = r"\S*?"
+# User, database, host and the rest: one token without spaces. Greedy, not lazy: which
+# lines match is the same either way, and the engine backs off to the next literal
+# quickly, where a lazy token retries the rest of the pattern after every byte.
+_FREE_FORM = r"\S*"
 _PREFIX_TOKEN = re.compile(r"%(-?\d+)?([A-Za-z%])|(.)", re.DOTALL)
 _LEVEL = rb"[A-Z]+[0-9]?:  "
-# After the level: a duration with its statement; parse and bind phases are not counted
-# (log_min_duration_statement logs them separately from the execute they belong to).
+# After the level, optionally: a duration with its statement; parse and bind phases are
+# not counted (log_min_duration_statement logs them separately from their execute).
 _DURATION_ENTRY = (
-    rb"duration: (?P<ms>\d+(?:\.\d+)?) ms  (?:statement|execute[^:\n]*): "
-    rb"(?P<statement>[^\n]*(?:\n\t[^\n]*)*)"
+    rb"(?:duration: (?P<ms>\d+(?:\.\d+|)) ms  (?:statement|execute[^:\n]*): "
+    rb"(?P<statement>[^\n]*)(?P<continued>\n\t[^\n]*(?:\n\t[^\n]*)*|)|)"
 )
 _DURATION_MESSAGE = re.compile(
     rb"duration: (?P<ms>\d+(?:\.\d+)?) ms  (?:statement|execute[^:]*): (?P<statement>.*)",
@@ -70,15 +76,21 @@ _DURATION_MESSAGE = re.compile(
 BLOCK_BYTES = 4 * 1024 * 1024
 # A single entry longer than this (a huge multi-line statement) is cut, keeping memory bounded.
 MAX_CARRY_BYTES = 64 * 1024 * 1024
-_KEY_CACHE_SIZE = 8192
+# Per cached statement, besides its bytes: a dictionary slot and the bytes object's header.
+_CACHE_OVERHEAD_BYTES = 200
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_ASCII_DIGIT = re.compile("[0-9]")
+_DURATION_FIELD = operator.itemgetter(1)
+_MALFORMED_FIELD = operator.itemgetter(4)
 
 
 def prefix_source(log_line_prefix: str) -> bytes:
     """A regular expression (source, bytes) for the ``log_line_prefix`` part of a line.
 
-    Escapes with free-form values (user, database, host) match one token lazily up
-    to the next literal; ``%q`` makes the rest of the prefix optional, as
-    PostgreSQL omits it for background processes.
+    Escapes with free-form values (user, database, host) match one token without
+    spaces up to the next literal; ``%q`` makes the rest of the prefix optional, as
+    PostgreSQL omits it for background processes. The only capturing group is the
+    date of the first timestamp escape (``day``).
     """
     parts: list[str] = []
     optional_from: int | None = None
@@ -97,7 +109,7 @@ def prefix_source(log_line_prefix: str) -> bytes:
                 named.add(name)
             parts.append(pattern + (" *" if padding else ""))
     if optional_from is not None:
-        parts = [*parts[:optional_from], "(?:" + "".join(parts[optional_from:]) + ")?"]
+        parts = [*parts[:optional_from], "(?:" + "".join(parts[optional_from:]) + "|)"]
     return "".join(parts).encode()
 
 
@@ -171,69 +183,100 @@ class _Group:
         return self.max_ms
 
 
+class _StatementCache(dict[bytes, _Group]):
+    """Statement bytes -> group, emptied when its keys pass a byte budget (statements can
+    be 64 kB each): constant memory without an LRU's bookkeeping on every hit."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        super().__init__()
+        self.budget_bytes = budget_bytes
+        self._left = budget_bytes
+
+    def remember(self, statement: bytes, group: _Group) -> None:
+        self._left -= len(statement) + _CACHE_OVERHEAD_BYTES
+        if self._left < 0:
+            self.clear()
+            self._left = self.budget_bytes
+        self[statement] = group
+
+
 class LogScanner:
     """Accumulates duration entries from any number of files; ``report()`` summarises."""
 
     def __init__(self, slow_threshold_ms: float = 100.0, line_prefix: str = DEFAULT_LINE_PREFIX):
         self.slow_threshold_ms = slow_threshold_ms
         prefix = prefix_source(line_prefix)
-        # Both patterns start with a literal newline (each block is scanned with one
-        # prepended) so the regex engine jumps from line start to line start in C
-        # instead of trying every byte; continuation lines start with a tab.
-        self._line_head = re.compile(b"\n" + prefix + _LEVEL)
-        self._entry = re.compile(b"\n" + prefix + _LEVEL + _DURATION_ENTRY)
-        self._has_timestamp = "ts" in self._entry.groupindex
+        if b"(?P<day>" not in prefix:
+            prefix = b"()" + prefix  # keeps the fields of every match at (day, ms, statement)
+        # One pattern, one pass over the block, one row per line: a continuation (tab)
+        # or blank line; a well-formed line, with the entry's fields on duration lines
+        # (the entry takes its continuation lines along); or a malformed line, whose
+        # first byte is the last field. Rows that are not entries cost no Python. It
+        # starts with a literal newline (each block is scanned with one in front), so the
+        # regex engine jumps from line start to line start in C instead of trying every byte.
+        self._line = re.compile(
+            b"\n(?:(?=[\t\n])|" + prefix + _LEVEL + _DURATION_ENTRY + b"|([^\n]))"
+        )
         self._groups: dict[str, _Group] = {}
-        self._keys: dict[bytes, str] = {}
+        # Raw statement bytes -> group (a repeated statement costs one dict hit), and
+        # shape -> group (see _statement_group).
+        self._keys = _StatementCache(8 * 1024 * 1024)
+        self._shapes = _StatementCache(4 * 1024 * 1024)
         self._days: dict[bytes, list[int]] = {}
         self.files: list[str] = []
         self.errors: list[str] = []
         self.bytes_read = 0
         self.lines = 0
         self.malformed = 0
-        self.durations = 0
-        self.overflow = 0
 
     # --- accumulation ---
 
     def add(self, day: str, ms: float, statement: str) -> None:
         """Record one statement duration logged on ``day`` (YYYY-MM-DD)."""
-        self._add_key(day, ms, statement_shape(statement).normalized)
+        self._add(day.encode(), ms, self._group(normalize_statement(statement)))
 
-    def _add_raw(self, day: str, ms: float, statement: bytes) -> None:
-        self._add_key(day, ms, self._key(statement))
+    def _add(self, day: bytes, ms: float, group: _Group) -> None:
+        group.add(ms)
+        counts = self._days.get(day)
+        if counts is None:
+            counts = self._days[day] = [0, 0]
+        counts[0] += 1
+        if ms >= self.slow_threshold_ms:
+            counts[1] += 1
 
-    def _key(self, statement: bytes) -> str:
-        """The normalised statement for raw log bytes, through a bounded bytes-keyed cache."""
-        key = self._keys.get(statement)
-        if key is None:
-            if len(self._keys) >= _KEY_CACHE_SIZE:
-                self._keys.clear()
-            text = statement.replace(b"\n\t", b"\n").decode("utf-8", "replace")
-            key = self._keys[statement] = normalize_uncached(text)
-        return key
+    def _statement_group(self, statement: bytes) -> _Group:
+        """The group of raw log bytes (a miss in the raw cache): normalise once per shape.
+
+        Two caches, each bounded in bytes and emptied when full (the groups stay):
+        raw bytes -> group, so a statement that repeats is never decoded or normalised
+        again; and shape -> group, the shape being the bytes with every ASCII digit
+        read as 0. The normaliser never looks at a digit's value, only at where digits
+        are, so statements of one shape normalise alike except for digits that survive
+        normalisation (``users_1``): a shape is remembered only when its normal form
+        has none. ``... WHERE id = 1042`` and ``... WHERE id = 7311`` then cost one
+        normalisation, though their raw texts never repeat.
+        """
+        if len(statement) > MAX_STATEMENT_BYTES:
+            return self._group(_normal_form(statement[:MAX_STATEMENT_BYTES]))
+        shape = statement.translate(_DIGITS_AS_ZERO)
+        group = self._shapes.get(shape)
+        if group is None:
+            key = _normal_form(statement)
+            group = self._group(key)
+            if _ASCII_DIGIT.search(key) is None:
+                self._shapes.remember(shape, group)
+        self._keys.remember(statement, group)
+        return group
 
     def _group(self, key: str) -> _Group:
         group = self._groups.get(key)
         if group is None:
             if len(self._groups) >= MAX_GROUPS:
-                self.overflow += 1
                 key = OTHER_STATEMENTS
                 group = self._groups.get(key)
             if group is None:
                 group = self._groups[key] = _Group()
         return group
-
-    def _add_key(self, day: str, ms: float, key: str) -> None:
-        self.durations += 1
-        self._group(key).add(ms)
-        day_key = day.encode()
-        counts = self._days.get(day_key)
-        if counts is None:
-            counts = self._days[day_key] = [0, 0]
-        counts[0] += 1
-        if ms >= self.slow_threshold_ms:
-            counts[1] += 1
 
     def scan_file(self, path: Path, log_format: LogFormat = "auto") -> None:
         """Scan one file (gzip detected by content); an unreadable file is noted, not raised."""
@@ -254,63 +297,61 @@ class LogScanner:
             self.errors.append(f"{path}: {error}")
 
     def _scan_stderr(self, blocks: Iterable[bytes]) -> None:
-        carry = b""
+        # ``data`` always starts with the newline that ends the previous line (or a
+        # made-up one), so the block is scanned in place, without copying its lines.
+        carry = b"\n"
         for block in blocks:
             data = carry + block
             cut = _entry_boundary(data)
-            if cut <= 0 and len(data) < MAX_CARRY_BYTES:
+            if cut > 1:
+                self._scan_block(data, cut)
+                carry = data[cut - 1 :]
+            elif len(data) < MAX_CARRY_BYTES:
                 carry = data
-                continue
-            cut = cut if cut > 0 else len(data)
-            self._scan_block(data[:cut])
-            carry = data[cut:]
-        if carry:
-            self._scan_block(carry if carry.endswith(b"\n") else carry + b"\n")
+            else:  # one entry larger than any statement worth reading: cut it here
+                self._scan_block(data + b"\n", len(data) + 1)
+                carry = b"\n"
+        if len(carry) > 1:
+            data = carry if carry.endswith(b"\n") else carry + b"\n"
+            self._scan_block(data, len(data))
 
-    def _scan_block(self, block: bytes) -> None:
-        """Scan whole lines; ``block`` ends with a newline and no entry continues past it."""
-        data = b"\n" + block
-        lines = block.count(b"\n")
-        continuations = data.count(b"\n\t")
-        blanks = data.count(b"\n\n")
-        well_formed = len(self._line_head.findall(data))
-        self.lines += lines
-        self.malformed += lines - continuations - blanks - well_formed
+    def _scan_block(self, data: bytes, end: int) -> None:
+        """Scan the lines of ``data[1:end]``.
+
+        ``data`` starts with a newline (the end of the line before), and no entry
+        crosses ``end``.
+        """
+        rows = self._line.findall(data, 0, end)
+        self.lines += len(rows)
+        self.malformed += len(rows) - operator.countOf(map(_MALFORMED_FIELD, rows), b"")
         # The hot loop of a multi-GB scan: names bound locally, the group update inlined.
-        keys, groups, days = self._keys, self._groups, self._days
+        cached_group, days = self._keys.get, self._days
         slow_ms, log, scale = self.slow_threshold_ms, math.log, _BUCKET_SCALE
-        fields = ("ts", "ms", "statement") if self._has_timestamp else ("ms", "ms", "statement")
-        entries = 0
-        for match in self._entry.finditer(data):
-            entries += 1
-            timestamp, ms_text, statement = match.group(*fields)
-            ms = float(ms_text)
+        for day, ms_text, statement, continued, _ in filter(_DURATION_FIELD, rows):
+            if continued:
+                statement += continued
+                self.lines += continued.count(b"\n")
             if statement.endswith(b"*/"):
                 # Our own trailing sqlcommenter comment makes every text unique: cut it
                 # before the cache lookup so repeated statements stay cache hits.
                 statement = statement[: statement.rfind(b"/*")]
-            elif len(statement) > MAX_STATEMENT_BYTES:
-                statement = statement[:MAX_STATEMENT_BYTES]
-            key = keys.get(statement)
-            if key is None:
-                key = self._key(statement)
-            group = groups.get(key)
+            group = cached_group(statement)
             if group is None:
-                group = self._group(key)
+                group = self._statement_group(statement)
+            ms = float(ms_text)
             group.count += 1
             group.total_ms += ms
             if ms > group.max_ms:
                 group.max_ms = ms
             bucket = int(log(ms) * scale) if ms >= 1.0 else _SUB_MS_BUCKET
-            group.buckets[bucket] = group.buckets.get(bucket, 0) + 1
-            day = timestamp[:10] if self._has_timestamp else b"unknown"
+            buckets = group.buckets
+            buckets[bucket] = buckets.get(bucket, 0) + 1
             counts = days.get(day)
             if counts is None:
                 counts = days[day] = [0, 0]
             counts[0] += 1
             if ms >= slow_ms:
                 counts[1] += 1
-        self.durations += entries
 
     def _scan_csv(self, lines: Iterable[bytes]) -> None:
         # Every csvlog record starts with its timestamp; grouping lines into records
@@ -325,7 +366,7 @@ class LogScanner:
                 self.malformed += len(record)
                 continue
             self.malformed += len(rows) - 1
-            self._message(rows[0][0][:10], rows[0][13])
+            self._message(rows[0][0][:10].encode(), rows[0][13])
 
     def _scan_json(self, lines: Iterable[bytes]) -> None:
         for raw in lines:
@@ -340,16 +381,16 @@ class LogScanner:
             if not isinstance(record, dict) or not isinstance(record.get("message"), str):
                 self.malformed += 1
                 continue
-            self._message(str(record.get("timestamp", ""))[:10] or "unknown", record["message"])
+            self._message(str(record.get("timestamp", ""))[:10].encode(), record["message"])
 
-    def _message(self, day: str, message: str) -> None:
+    def _message(self, day: bytes, message: str) -> None:
         if not message.startswith("duration: "):
             return
         duration = _DURATION_MESSAGE.match(message.encode("utf-8", "replace"))
         if duration is None:
             return
-        statement = duration.group("statement")[:MAX_STATEMENT_BYTES]
-        self._add_raw(day, float(duration.group("ms")), statement)
+        statement = duration.group("statement")
+        self._add(day, float(duration.group("ms")), self._statement_group(statement))
 
     # --- result ---
 
@@ -368,21 +409,27 @@ class LogScanner:
             for key, group in ranked[:top]
         ]
         days = [
-            DaySummary(day.decode("utf-8", "replace"), total, slow, not _SLOW_GATE.breached(slow))
+            DaySummary(
+                day.decode("utf-8", "replace") or "unknown",
+                total,
+                slow,
+                not _SLOW_GATE.breached(slow),
+            )
             for day, (total, slow) in sorted(self._days.items())
         ]
+        overflow = self._groups.get(OTHER_STATEMENTS)
         return LogScanReport(
             files=self.files,
             bytes_read=self.bytes_read,
             lines=self.lines,
             malformed_lines=self.malformed,
-            durations=self.durations,
+            durations=sum(group.count for group in self._groups.values()),
             slow_threshold_ms=self.slow_threshold_ms,
             gate_slow_per_day=_SLOW_GATE.threshold,
             statements=statements,
             days=days,
             groups=len(self._groups),
-            entries_in_overflow_group=self.overflow,
+            entries_in_overflow_group=overflow.count if overflow is not None else 0,
             errors=self.errors,
         )
 
@@ -403,6 +450,11 @@ def scan_logs(
 
 
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\d")
+
+
+def _normal_form(statement: bytes) -> str:
+    """The normalised text of raw log bytes (continuation lines lose their tab)."""
+    return normalize_uncached(statement.replace(b"\n\t", b"\n").decode("utf-8", "replace"))
 
 
 def _looks_like_timestamp(value: str) -> bool:
