@@ -80,6 +80,12 @@ def _check_report(report_dir: Path, result: subprocess.CompletedProcess[str]) ->
         for endpoint, row in phase["endpoints"].items():
             assert row["non_2xx"] == 0, (phase["mode"], endpoint, row)
             assert row["errors"] == 0, (phase["mode"], endpoint, row)
+    # Where the run's time went, and the margin target beside every plan gate.
+    steps = report["meta"]["step_seconds"]
+    assert {"seed", "baseline load", "baseline scan", "optimized start", "stop"} <= set(steps)
+    assert sum(steps.values()) <= report["meta"]["seconds"] + 1.0
+    assert report["margin_passed"] in (True, False)
+    assert all(gate["margin"] for gate in report["gates"])
     return report
 
 

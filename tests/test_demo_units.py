@@ -3,17 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
-from stackwatch.demo.analysis import ROUNDS, analyse, score, simulate
+import stackwatch
+from stackwatch.demo.analysis import (
+    PATH_BLOCK,
+    ROUNDS,
+    analyse,
+    analyse_blocked,
+    score,
+    simulate,
+    simulate_blocked,
+    work_multiplier,
+)
 from stackwatch.demo.data import generate, trading_days
 from stackwatch.demo.measure import PhaseResult
-from stackwatch.demo.report import build_gates, failed
+from stackwatch.demo.report import build_gates, failed, short_of_margin, write_json
+from stackwatch.demo.runner import DemoOptions
 from stackwatch.demo.service import AnalysisPool
 from stackwatch.demo.vcp import VcpRule, contraction_path, detect
-from stackwatch.demo.workload import ENDPOINTS, VirtualUser, zipf_weights
+from stackwatch.demo.warmup import WARM_ANALYSES, WARM_TICKERS, warm_sizes
+from stackwatch.demo.workload import ANALYSIS, DETAIL, ENDPOINTS, VirtualUser, zipf_weights
 
 
 def test_generator_is_deterministic_for_a_seed() -> None:
@@ -140,3 +159,133 @@ def test_analysis_split_over_the_pool_gives_the_inline_result() -> None:
     finally:
         pool.stop()
     assert analyse("000660", closes) != inline
+
+
+def _closes(seed: int) -> list[float]:
+    steps = np.random.default_rng(seed).normal(0.0005, 0.02, 250)
+    return [float(v) for v in 100 * np.exp(np.cumsum(steps))]
+
+
+# 1.01x the base paths, 2.99x (not a whole number of blocks), and one in between.
+@pytest.mark.parametrize("ticker", ["000010", "001990", "005930"])
+def test_blocked_analysis_gives_the_models_numbers_to_the_last_bit(ticker: str) -> None:
+    assert round(16_000 * work_multiplier("001990")) % PATH_BLOCK
+    closes = _closes(int(ticker))
+    assert simulate_blocked(ticker, closes, range(ROUNDS)) == simulate(
+        ticker, closes, range(ROUNDS)
+    )
+    assert analyse_blocked(ticker, closes) == analyse(ticker, closes)
+
+
+@pytest.mark.parametrize(
+    "closes",
+    [[100.0], [100.0, 100.0], [50.0] * 250, [1.0, 2.0, 4.0, 2.0]],
+    ids=["one price", "two equal prices", "flat year", "four prices"],
+)
+def test_blocked_analysis_matches_on_degenerate_histories(closes: list[float]) -> None:
+    assert analyse_blocked("000660", closes) == analyse("000660", closes)
+
+
+def test_blocked_analysis_matches_on_generated_data_and_any_slice_of_rounds() -> None:
+    data = generate(0.01)
+    for index in (0, 7):
+        ticker, closes = data.tickers[index], [float(v) for v in data.close[index]]
+        assert simulate_blocked(ticker, closes, range(3, 6)) == simulate(
+            ticker, closes, range(3, 6)
+        )
+
+
+def test_pool_processes_end_when_the_app_that_started_them_is_killed() -> None:
+    # A web process killed by SIGKILL (a stop that timed out) used to leave the pool,
+    # its forkserver and resource tracker running, computing for nobody.
+    app = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import asyncio, time\n"
+            "from stackwatch.demo.service import analysis_pool\n"
+            "analysis_pool.start(2)\n"
+            "asyncio.run(analysis_pool.run('005930', [100.0 + i for i in range(250)]))\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(120)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert app.stdout is not None
+    try:
+        assert app.stdout.readline().strip() == "ready"
+        helpers = psutil.Process(app.pid).children(recursive=True)
+        assert len(helpers) >= 2
+    finally:
+        app.send_signal(signal.SIGKILL)
+        app.wait(10)
+    deadline = time.monotonic() + 10.0
+    alive = helpers
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    for process in alive:
+        process.kill()
+    assert not alive, [p.cmdline()[-1][:60] for p in alive]
+
+
+def _phase(mode: str, p95: float, p99: float, slow: float, scan_s: float) -> PhaseResult:
+    endpoints = {e: {"p95_ms": p95, "p99_ms": p99} for e in (DETAIL, ANALYSIS)}
+    return PhaseResult(
+        mode=mode,
+        endpoints=endpoints,
+        requests=1000,
+        load_seconds=30.0,
+        slow_queries=slow,
+        cache={"ai": {"hit": 96.0, "miss": 4.0}},
+        scan_seconds=scan_s,
+        scan_tickers=2000,
+        tasks_succeeded=21.0,
+        tasks_failed=0.0,
+    )
+
+
+def test_margin_targets_sit_beside_the_plans_gates_and_do_not_decide_the_verdict(
+    tmp_path: Path,
+) -> None:
+    baseline = _phase("baseline", 2000.0, 3000.0, slow=1000.0, scan_s=60.0)
+    # Inside the plan's gates (P95 < 500, P99 < 1000) but not the margin (100 / 250).
+    optimized = _phase("optimized", 150.0, 400.0, slow=1.0, scan_s=5.0)
+    rows = {row.name: row for row in build_gates(baseline, optimized)}
+    margins = {name: row.margin for name, row in rows.items()}
+    assert margins[f"P95 {ANALYSIS}"] == "<= 100 ms"
+    assert margins[f"P99 {ANALYSIS}"] == "<= 250 ms"
+    assert margins["Slow queries (>= 100 ms) under load"] == "-99 %"
+    assert margins["Cache hit ratio (all namespaces)"] == ">= 95 %"
+    assert margins["DB reads per request"] == "-80 %"
+    assert margins["VCP scan time"] == "-90 %"
+    assert margins["Celery throughput (tickers/s)"] == "x5"
+    assert margins["Celery task failure rate"] == "0 %"
+    analysis_p95 = rows[f"P95 {ANALYSIS}"]
+    assert analysis_p95.passed is True
+    assert analysis_p95.margin_passed is False
+    assert not failed(list(rows.values()))
+    assert {row.name for row in short_of_margin(list(rows.values()))} == {
+        f"P95 {endpoint}" for endpoint in (DETAIL, ANALYSIS)
+    } | {f"P99 {endpoint}" for endpoint in (DETAIL, ANALYSIS)}
+    path = tmp_path / "report.json"
+    write_json(path, list(rows.values()), [baseline, optimized], {})
+    document = json.loads(path.read_text())
+    assert document["passed"] is True
+    assert document["margin_passed"] is False
+    assert all("margin" in gate and "margin_passed" in gate for gate in document["gates"])
+
+
+def test_warm_up_sizes_are_one_constant_for_app_task_and_runner(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("STACKWATCH_DEMO_WARM_TICKERS", raising=False)
+    monkeypatch.delenv("STACKWATCH_DEMO_WARM_ANALYSES", raising=False)
+    assert warm_sizes() == (WARM_TICKERS, WARM_ANALYSES)
+    assert DemoOptions().warm_up() == (WARM_TICKERS, WARM_ANALYSES)
+    monkeypatch.setenv("STACKWATCH_DEMO_WARM_ANALYSES", "12")
+    assert warm_sizes() == (WARM_TICKERS, 12)
+    monkeypatch.setenv("STACKWATCH_DEMO_WARM_TICKERS", "lots")
+    with pytest.raises(stackwatch.SettingsError, match="STACKWATCH_DEMO_WARM_TICKERS"):
+        warm_sizes()

@@ -241,6 +241,18 @@ def demo(
     serve: bool = typer.Option(
         False, "--serve", help="Afterwards keep the app and worker running until Ctrl-C."
     ),
+    no_compare: bool = typer.Option(
+        False,
+        "--no-compare",
+        help="With --serve: skip the baseline-vs-optimized run; seed, then serve right away "
+        "(optimized, or --mode baseline) until Ctrl-C / SIGTERM.",
+    ),
+    fault_injection: bool = typer.Option(
+        False,
+        "--fault-injection",
+        help="With --serve: enable PUT/DELETE /api/system/faults/latency on the served app, "
+        "to slow one route for an alert drill (without it the routes do not exist).",
+    ),
     users: int | None = typer.Option(None, "--users", min=1, max=500, help="Virtual users."),
     duration: float | None = typer.Option(
         None, "--duration", min=1.0, max=3600.0, help="Seconds of load per mode."
@@ -255,15 +267,28 @@ def demo(
         Path, typer.Option("--report-dir", help="Where the JSON and HTML reports go.")
     ] = Path("."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="App port with --serve."),
+    worker_metrics_port: int | None = typer.Option(
+        None,
+        "--worker-metrics-port",
+        min=1,
+        max=65535,
+        help="Port of the served worker's /metrics with --serve (default: --port + 1).",
+    ),
 ) -> None:
     """Run the KRX reference service baseline vs optimized and check the plan's gates.
 
     With no DATABASE_URL / REDIS_URL it starts embedded PostgreSQL and Valkey servers;
-    exits 1 when a plan gate fails.
+    exits 1 when a plan gate fails. With --serve --no-compare it only seeds and serves,
+    and exits 0 when stopped by Ctrl-C or SIGTERM (the demo data removed).
     """
     if mode not in ("baseline", "optimized", "both"):
         raise typer.BadParameter("choose baseline, optimized or both", param_hint="--mode")
-    from stackwatch.demo.runner import DemoOptions, run_demo
+    for flag, given in (("--no-compare", no_compare), ("--fault-injection", fault_injection)):
+        if given and not serve:
+            raise typer.BadParameter(
+                "only applies to what --serve serves: add --serve", param_hint=flag
+            )
+    from stackwatch.demo.runner import DemoOptions, busy_ports, run_demo, run_serve
 
     options = DemoOptions(
         quick=quick,
@@ -274,9 +299,23 @@ def demo(
         mode=mode,
         report_dir=report_dir,
         port=port,
+        compare=not no_compare,
+        fault_injection=fault_injection,
+        worker_metrics_port=worker_metrics_port,
     )
+    if serve:
+        ports = {"--port": port, "--worker-metrics-port": options.served_worker_metrics_port()}
+        if ports["--worker-metrics-port"] in (port, 65536):
+            raise typer.BadParameter(
+                "give the worker a port of its own (not --port; --port + 1 by default)",
+                param_hint="--worker-metrics-port",
+            )
+        if busy := busy_ports(ports):
+            raise typer.BadParameter(
+                f"already in use on 127.0.0.1: {', '.join(busy)}; choose free ports"
+            )
     try:
-        code = run_demo(options)
+        code = run_demo(options) if options.compare else run_serve(options)
     except KeyboardInterrupt:
         typer.echo("interrupted: servers stopped and demo data removed", err=True)
         raise typer.Exit(130) from None

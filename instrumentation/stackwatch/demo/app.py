@@ -5,38 +5,35 @@ Run it as ``uvicorn --factory stackwatch.demo.app:create_app`` with
 modes serve the same routes and JSON; only the way the work is done differs (see
 service.py). stackwatch is wired the way a user would wire it: ``setup()``, then
 ``instrument_fastapi`` and ``instrument_sqlalchemy``, ``@cached`` and the cache
-stats router.
+stats router. ``POST /api/kr/scans`` publishes the mode's VCP scan to the Celery
+worker (the request id travels with it); with ``STACKWATCH_DEMO_FAULTS=1`` the
+latency-fault routes of faults.py exist too, for alert drills.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 import structlog
-from fastapi import FastAPI, HTTPException, Path, Query
+from fastapi import Depends, FastAPI, HTTPException, Path, Query
 
 import stackwatch
 from stackwatch.demo import service
+from stackwatch.demo.faults import LatencyFaults, fault_router, faults_enabled
+from stackwatch.demo.warmup import warm_sizes
 
 Mode = Literal["baseline", "optimized"]
 MODES: tuple[Mode, ...] = ("baseline", "optimized")
 ANALYSIS_PROCESSES = 2
 TICKER = Path(pattern=r"^[0-9]{6}$", description="6-digit KRX ticker")
+SCAN_ID = Path(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+ScanMethod = Literal["serial", "chunked"]
 
 _log = structlog.get_logger("stackwatch.demo")
-
-
-def _warm_up_size(variable: str, default: int) -> int:
-    value = os.environ.get(variable, str(default))
-    if not value.isdigit():
-        raise stackwatch.SettingsError(
-            f"invalid {variable}={value[:20]!r}: expected a whole number"
-        )
-    return int(value)
 
 
 def demo_mode() -> Mode:
@@ -66,34 +63,30 @@ def create_app(mode: Mode | None = None, database_url: str | None = None) -> Fas
     if not url:
         raise stackwatch.SettingsError("set DATABASE_URL to the demo database")
     optimized = chosen == "optimized"
-    warm_tickers = _warm_up_size("STACKWATCH_DEMO_WARM_TICKERS", 300)
-    warm_analyses = _warm_up_size("STACKWATCH_DEMO_WARM_ANALYSES", 300)
+    warm_tickers = warm_sizes()[0]
+    faults = LatencyFaults() if faults_enabled() else None
+    # The Celery app, as a producer: imported after setup() so the web process keeps its name.
+    from stackwatch.demo import tasks
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         service.database.configure(url)
         if optimized:
             service.analysis_pool.start(ANALYSIS_PROCESSES)
-            started = time.perf_counter()
             ranked = await service.popular_tickers()
-            await service.warm_analyses(ranked[:warm_analyses], ANALYSIS_PROCESSES)
-            analysed = time.perf_counter()
-            await service.warm_long_lived(ranked)
-            await service.warm_up(ranked[:warm_tickers])
-            _log.info(
-                "cache warmed",
-                tickers=warm_tickers,
-                analyses=warm_analyses,
-                long_lived=len(ranked),
-                analyses_s=round(analysed - started, 1),
-                rest_s=round(time.perf_counter() - analysed, 1),
-            )
+            seconds = await service.warm_start(ranked, warm_tickers)
+            _log.info("cache warmed", tickers=warm_tickers, long_lived=len(ranked), **seconds)
         _log.info("demo service ready", mode=chosen)
         yield
         service.analysis_pool.stop()
         await service.database.dispose()
 
-    app = FastAPI(title=f"stackwatch demo ({chosen})", lifespan=lifespan)
+    app = FastAPI(
+        title=f"stackwatch demo ({chosen})",
+        lifespan=lifespan,
+        # Every route waits as a drill's fault says, inside the request, so it is measured.
+        dependencies=None if faults is None else [Depends(faults.apply)],
+    )
     detail: Callable[[str], Awaitable[dict[str, Any]]]
     chart: Callable[[str, int], Awaitable[dict[str, Any]]]
     signals: Callable[[str, int, str | None], Awaitable[dict[str, Any]]]
@@ -134,6 +127,29 @@ def create_app(mode: Mode | None = None, database_url: str | None = None) -> Fas
             raise HTTPException(status_code=404, detail="no such ticker")
         return result
 
+    @app.post("/api/kr/scans", status_code=202)
+    async def start_scan(method: ScanMethod | None = None) -> dict[str, str]:
+        """Publish a VCP scan (default: the mode's own) and answer with its id."""
+        chosen_method = method or ("chunked" if optimized else "serial")
+        if chosen_method == "chunked" and not optimized:
+            raise HTTPException(
+                status_code=422,
+                detail="the baseline worker serves only the default queue: use method=serial",
+            )
+        if chosen_method == "serial":
+            result = await asyncio.to_thread(tasks.scan_serial.apply_async)
+        else:
+            tickers = sorted(await service.popular_tickers())
+            result = await asyncio.to_thread(tasks.start_chunked_scan, tickers)
+        return {"id": str(result.id), "method": chosen_method}
+
+    @app.get("/api/kr/scans/{scan_id}")
+    async def scan_status(scan_id: str = SCAN_ID) -> dict[str, Any]:
+        """A scan's state (PENDING until a worker reports), and its result once it succeeded."""
+        return await asyncio.to_thread(tasks.scan_state, scan_id)
+
     app.include_router(stackwatch.cache_stats_router)
+    if faults is not None:
+        app.include_router(fault_router(app, faults))
     stackwatch.instrument_fastapi(app)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,24 @@ def statement_reads(url: str) -> tuple[int, int]:
 
 
 @dataclass
+class StepTimes:
+    """Wall seconds of each step of a run, in order: where the demo's minutes go."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    last: float = field(default_factory=time.monotonic)
+
+    def lap(self, step: str) -> None:
+        """Record ``step`` as the time since the previous lap (or since creation)."""
+        now = time.monotonic()
+        self.seconds[step] = round(self.seconds.get(step, 0.0) + now - self.last, 1)
+        self.last = now
+
+    def summary(self) -> str:
+        """One line: every step and its seconds."""
+        return ", ".join(f"{step} {seconds:.1f}s" for step, seconds in self.seconds.items())
+
+
+@dataclass
 class PhaseResult:
     """One mode's numbers; ``None`` where a source was not available."""
 
@@ -90,6 +109,8 @@ class PhaseResult:
     tasks_retried: float | None = None
     scan_slow_queries: float | None = None
     scan_error: str | None = None
+    analyses_precomputed: int | None = None
+    analysis_batch_seconds: float | None = None
 
     @property
     def requests_per_second(self) -> float:

@@ -1,8 +1,10 @@
-"""``stackwatch demo``: servers, seed, baseline then optimized, the verdict.
+"""``stackwatch demo``: servers, seed, baseline then optimized, the verdict; or just serve.
 
 The runner owns every resource it creates (embedded servers, the demo database,
 the Redis key prefix, the app and worker processes, a temporary directory) and
-releases them on exit, on errors and on Ctrl-C / SIGTERM.
+releases them on exit, on errors and on Ctrl-C / SIGTERM. ``--serve --no-compare``
+skips the comparison: seed, then serve one mode until Ctrl-C / SIGTERM, for a
+Prometheus to scrape and alert drills to run against.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import datetime as dt
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -34,7 +37,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from stackwatch.demo import data as demo_data
 from stackwatch.demo import measure, report, schema, workload
 from stackwatch.demo.embedded import embedded_servers, free_port
-from stackwatch.demo.measure import PhaseResult
+from stackwatch.demo.faults import FAULTS_PATH
+from stackwatch.demo.measure import PhaseResult, StepTimes
+from stackwatch.demo.warmup import WARM_ANALYSES, WARM_TICKERS, warm_sizes
 
 MODES = ("baseline", "optimized")
 READY_TIMEOUT_S = 180.0
@@ -55,6 +60,9 @@ class DemoOptions:
     report_dir: Path = Path()
     port: int = 8000
     seed: int = 20260128
+    compare: bool = True
+    fault_injection: bool = False
+    worker_metrics_port: int | None = None
 
     def effective_users(self) -> int:
         """Virtual users: 8 in quick mode, 20 otherwise, unless given."""
@@ -69,12 +77,23 @@ class DemoOptions:
         return self.scale or (0.2 if self.quick else 1.0)
 
     def warm_up(self) -> tuple[int, int]:
-        """Popular tickers and analyses the optimized app warms at start: fewer when quick."""
-        return (50, 10) if self.quick else (500, 500)
+        """Popular tickers the optimized app warms, analyses the nightly batch computes.
+
+        Fewer when quick; otherwise warmup.py's (every ticker's analysis).
+        """
+        return (50, 100) if self.quick else warm_sizes()
 
     def modes(self) -> tuple[str, ...]:
         """The modes to run, in order."""
         return MODES if self.mode == "both" else (self.mode,)
+
+    def served_mode(self) -> str:
+        """The mode ``--serve`` keeps running: the last one measured (optimized for both)."""
+        return self.modes()[-1]
+
+    def served_worker_metrics_port(self) -> int:
+        """The served worker's /metrics port: as given, else the app's port + 1."""
+        return self.worker_metrics_port or self.port + 1
 
 
 @dataclass(frozen=True)
@@ -87,6 +106,11 @@ class Target:
     prefix: str
     embedded: bool
     work_dir: Path
+
+    @property
+    def database_name(self) -> str:
+        """The demo database's name (``stackwatch_demo_<id>``)."""
+        return self.database_url.rsplit("/", 1)[-1]
 
 
 @contextlib.contextmanager
@@ -178,16 +202,21 @@ def seed(target: Target, scale: float, seed_value: int, console: Console) -> dem
 
 
 def service_environment(
-    target: Target, mode: str, warm: tuple[int, int] = (300, 300)
+    target: Target,
+    mode: str,
+    warm: tuple[int, int] = (WARM_TICKERS, WARM_ANALYSES),
+    faults: bool = False,
 ) -> dict[str, str]:
     """Environment of the app and worker processes for ``mode``.
 
     ``warm`` is how many popular tickers, and how many of their analyses, the
-    optimized app warms before it reports ready.
+    optimized app warms before it reports ready. ``faults`` enables the app's
+    latency-fault routes; only this argument does (an inherited variable does not).
     """
     environment = dict(os.environ)
     environment.update(
         {
+            "STACKWATCH_DEMO_FAULTS": "1" if faults else "0",
             "STACKWATCH_DEMO_WARM_TICKERS": str(warm[0]),
             "STACKWATCH_DEMO_WARM_ANALYSES": str(warm[1]),
             "DATABASE_URL": target.database_url,
@@ -196,11 +225,23 @@ def service_environment(
             "STACKWATCH_DEMO_MODE": mode,
             "STACKWATCH_DEMO_PREFIX": f"{target.prefix}:celery",
             "STACKWATCH_CACHE_PREFIX": f"{target.prefix}:cache",
+            # 100 ms (the library's default) is shorter than a process can wait for
+            # the CPU on 2 shared cores: the breaker opened during the warm-up and the
+            # warmed values were thrown away. Redis itself never hangs here.
+            "STACKWATCH_CACHE_SOCKET_TIMEOUT_MS": environment.get(
+                "STACKWATCH_CACHE_SOCKET_TIMEOUT_MS", "500"
+            ),
             "STACKWATCH_LOG_LEVEL": environment.get("STACKWATCH_LOG_LEVEL", "warning"),
             "OTEL_TRACES_EXPORTER": environment.get("OTEL_TRACES_EXPORTER", "none"),
             "OTEL_SERVICE_NAME": f"stackwatch-demo-{mode}",
         }
     )
+    if sys.dont_write_bytecode:
+        # No bytecode cache (PYTHONDONTWRITEBYTECODE): each of the demo's processes would
+        # compile its modules from source, several CPU-seconds apiece. They share one
+        # cache in the run's temporary directory instead, removed with it.
+        environment.pop("PYTHONDONTWRITEBYTECODE", None)
+        environment["PYTHONPYCACHEPREFIX"] = str(target.work_dir / "pycache")
     return environment
 
 
@@ -230,19 +271,33 @@ class Services:
 
 
 def start_services(
-    target: Target, mode: str, port: int | None = None, warm: tuple[int, int] = (300, 300)
+    target: Target,
+    mode: str,
+    port: int | None = None,
+    warm: tuple[int, int] = (WARM_TICKERS, WARM_ANALYSES),
+    worker_port: int | None = None,
+    faults: bool = False,
 ) -> Services:
     """Start uvicorn (the app) and a Celery worker for ``mode``; return once /healthz answers."""
-    return wait_until_ready(launch_services(target, mode, port, warm), target, mode)
+    launched = launch_services(target, mode, port, warm, worker_port, faults)
+    return wait_until_ready(launched, target, mode)
 
 
 def launch_services(
-    target: Target, mode: str, port: int | None = None, warm: tuple[int, int] = (300, 300)
+    target: Target,
+    mode: str,
+    port: int | None = None,
+    warm: tuple[int, int] = (WARM_TICKERS, WARM_ANALYSES),
+    worker_port: int | None = None,
+    faults: bool = False,
 ) -> Services:
-    """Start uvicorn (the app) and a Celery worker for ``mode`` without waiting for them."""
-    environment = service_environment(target, mode, warm)
+    """Start uvicorn (the app) and a Celery worker for ``mode`` without waiting for them.
+
+    Ports not given are free ones; the worker serves its /metrics on ``worker_port``.
+    """
+    environment = service_environment(target, mode, warm, faults)
     app_port = port or free_port()
-    worker_port = free_port()
+    worker_port = worker_port or free_port()
     logs = target.work_dir
     multiproc = Path(tempfile.mkdtemp(prefix="prom-", dir=target.work_dir))
     worker_environment = {
@@ -315,18 +370,53 @@ def wait_until_ready(services: Services, target: Target, mode: str) -> Services:
 
 def _wait_until_ready(services: Services, logs: Path, mode: str) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        for name, process in (("app", services.app), ("worker", services.worker)):
-            if process.poll() is not None:
-                tail = (logs / f"{name}-{mode}.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"the demo {name} ({mode}) exited at start-up:\n{tail}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{services.base_url}/healthz", timeout=2.0).status_code == 200:
-                return
-        time.sleep(0.3)
+    # One client: httpx.get builds an SSL context per call (~60 ms of CPU), which
+    # polling would take from the app warming up on the same cores.
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            for name, process in (("app", services.app), ("worker", services.worker)):
+                if process.poll() is not None:
+                    tail = (logs / f"{name}-{mode}.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"the demo {name} ({mode}) exited at start-up:\n{tail}")
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(f"{services.base_url}/healthz").status_code == 200:
+                    return
+            time.sleep(0.3)
     raise RuntimeError(
         f"the demo app ({mode}) did not answer /healthz within {READY_TIMEOUT_S:.0f}s"
     )
+
+
+def wait_for_worker_metrics(services: Services, logs: Path, mode: str) -> None:
+    """Return once the worker serves /metrics (it starts serving when it is ready)."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if services.worker.poll() is not None:
+                tail = (logs / f"worker-{mode}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"the demo worker ({mode}) exited at start-up:\n{tail}")
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(services.worker_metrics_url).status_code == 200:
+                    return
+            time.sleep(0.3)
+    raise RuntimeError(
+        f"the demo worker ({mode}) did not serve {services.worker_metrics_url} within "
+        f"{READY_TIMEOUT_S:.0f}s: is its port taken? (log: {logs / f'worker-{mode}.log'})"
+    )
+
+
+def busy_ports(ports: dict[str, int]) -> list[str]:
+    """The entries of ``{flag: port}`` whose loopback port something already listens on."""
+    busy = []
+    for flag, port in ports.items():
+        with socket.socket() as sock:
+            # As the servers bind: a port whose old connections linger in TIME_WAIT is free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                busy.append(f"{flag} {port}")
+    return busy
 
 
 def _celery_app(target: Target, mode: str) -> Any:
@@ -431,6 +521,33 @@ def _scan_phase(
         result.tasks_failed = float(failed)
 
 
+def _start_nightly_analyses(target: Target, tickers: list[str]) -> Any:
+    """Publish the nightly batch of analyses (most popular first) on the worker's low queue."""
+    tasks = _celery_app(target, "optimized")
+    return tasks.start_nightly_analyses(tickers)
+
+
+def _finish_nightly_analyses(
+    batch: Any, target: Target, mode: str, console: Console, result: PhaseResult
+) -> None:
+    """Wait for the nightly batch, then refresh what expired meanwhile, before any load.
+
+    The load starts when the night is over: a batch still running would take the
+    CPU from the requests it measures. Prices (30 s) warmed by the app while the
+    batch ran have expired by then: one ``refresh_cache`` fills them again.
+    """
+    tasks = _celery_app(target, mode)
+    console.print(f"[bold]{mode}[/]: nightly batch: analyses of {len(batch.results)} chunks")
+    started = time.perf_counter()
+    try:
+        result.analyses_precomputed = sum(batch.get(timeout=SCAN_TIMEOUT_S))
+    except Exception as error:  # analyses are then computed on demand: slower, still right
+        batch.revoke()
+        console.print(f"[yellow]{mode}: the nightly batch failed:[/] {type(error).__name__}")
+    result.analysis_batch_seconds = time.perf_counter() - started
+    tasks.refresh_cache.apply_async().get(timeout=SCAN_TIMEOUT_S)
+
+
 def run_phase(
     target: Target,
     mode: str,
@@ -440,32 +557,49 @@ def run_phase(
     reads: bool,
     launched: Services | None = None,
     stopping: list[threading.Thread] | None = None,
+    times: StepTimes | None = None,
 ) -> PhaseResult:
     """Start the services in ``mode`` (or take ``launched`` ones), drive the load, run the scan.
 
     The services are stopped in a thread added to ``stopping`` when the phase went
-    well (nothing waits for them any more), right away otherwise.
+    well (nothing waits for them any more), right away otherwise. ``times`` gets a
+    lap per step.
     """
+    times = times or StepTimes()
     if mode == "optimized":
         console.print("[bold]optimized[/]: creating the plan's indexes CONCURRENTLY")
         schema.migrate(target.database_url, schema.PLAN_INDEXES_REVISION)
         with psycopg.connect(target.database_url, autocommit=True) as connection:
             connection.execute("ANALYZE")
+        times.lap(f"{mode} indexes")
     purge_prefix(target.redis_url, f"{target.prefix}:cache")
     result = PhaseResult(mode=mode)
     tickers = dataset.by_popularity()
     if launched is None:
         console.print(f"[bold]{mode}[/]: starting app and worker")
         launched = launch_services(target, mode, warm=options.warm_up())
+    batch = None
+    if mode == "optimized":
+        try:  # published now: the worker starts on it while the app warms up
+            batch = _start_nightly_analyses(target, tickers[: options.warm_up()[1]])
+        except BaseException:
+            launched.stop()
+            raise
     services = wait_until_ready(launched, target, mode)
+    times.lap(f"{mode} start")
     try:
+        if batch is not None:
+            _finish_nightly_analyses(batch, target, mode, console, result)
+            times.lap(f"{mode} analyses")
         console.print(
             f"[bold]{mode}[/]: {options.effective_users()} users for "
             f"{options.effective_duration():.0f}s on {services.base_url}"
         )
         asyncio.run(_load_phase(services, target, mode, tickers, options, result, reads))
+        times.lap(f"{mode} load")
         console.print(f"[bold]{mode}[/]: VCP scan of {len(tickers)} tickers")
         _scan_phase(services, target, mode, tickers, result)
+        times.lap(f"{mode} scan")
     except BaseException:
         services.stop()
         raise
@@ -489,8 +623,10 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
     options.report_dir.mkdir(parents=True, exist_ok=True)
     phases: list[PhaseResult] = []
     started = time.monotonic()
+    times = StepTimes()
     stopping: list[threading.Thread] = []
     with _terminate_as_interrupt(), demo_target(console) as target:
+        times.lap("servers")
         launched: Services | None = None
         if options.modes()[0] == "baseline":
             # The baseline app and worker read nothing at start: they start while the data loads.
@@ -499,6 +635,7 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
         try:
             dataset = seed(target, options.effective_scale(), options.seed, console)
             reads = measure.enable_statement_stats(target.database_url)
+            times.lap("seed")
             if not reads:
                 console.print(
                     "[yellow]pg_stat_statements is not loaded: "
@@ -511,7 +648,9 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
         try:
             for mode in options.modes():
                 phases.append(
-                    run_phase(target, mode, dataset, options, console, reads, launched, stopping)
+                    run_phase(
+                        target, mode, dataset, options, console, reads, launched, stopping, times
+                    )
                 )
                 launched = None
         finally:
@@ -519,6 +658,7 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
                 launched.stop()
             for thread in stopping:
                 thread.join()
+        times.lap("stop")
         by_mode = {phase.mode: phase for phase in phases}
         rows = report.build_gates(by_mode.get("baseline"), by_mode.get("optimized"))
         meta = {
@@ -530,8 +670,10 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
             "embedded_servers": target.embedded,
             "cpus": os.cpu_count(),
             "seconds": round(time.monotonic() - started, 1),
+            "step_seconds": times.seconds,
         }
         console.print(report.table(rows))
+        console.print(f"[dim]time per step: {times.summary()}[/]")
         json_path = options.report_dir / report.REPORT_JSON
         html_path = options.report_dir / report.REPORT_HTML
         report.write_json(json_path, rows, phases, meta)
@@ -549,18 +691,97 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
     return 0
 
 
-def serve(target: Target, options: DemoOptions, console: Console) -> None:
-    """Keep the last mode's app and worker running until Ctrl-C."""
-    mode = options.modes()[-1]
-    services = start_services(target, mode, port=options.port, warm=options.warm_up())
-    console.print(
-        f"serving {mode} on {services.base_url} (metrics: {services.base_url}/metrics, "
-        f"worker metrics: {services.worker_metrics_url}); Ctrl-C stops and cleans up"
+def run_serve(options: DemoOptions, console: Console | None = None) -> int:
+    """``--serve --no-compare``: seed, then serve one mode until Ctrl-C / SIGTERM.
+
+    Returns 0 once stopped by a signal (everything removed), 1 when the app or the
+    worker exited on its own.
+    """
+    console = console or Console(width=None if sys.stdout.isatty() else 150)
+    mode = options.served_mode()
+    with _terminate_as_interrupt(), demo_target(console) as target:
+        seed(target, options.effective_scale(), options.seed, console)
+        if mode == "optimized":
+            schema.migrate(target.database_url, schema.PLAN_INDEXES_REVISION)
+            with psycopg.connect(target.database_url, autocommit=True) as connection:
+                connection.execute("ANALYZE")
+        return serve(target, options, console)
+
+
+@contextlib.contextmanager
+def refreshing_cache(target: Target, mode: str, console: Console) -> Iterator[None]:
+    """Publish ``refresh_cache`` every REFRESH_EVERY_S (first after half), as beat would."""
+    tasks = _celery_app(target, mode)
+    stop = threading.Event()
+
+    def publish() -> None:
+        wait = REFRESH_EVERY_S / 2
+        while not stop.wait(wait):
+            try:
+                tasks.refresh_cache.apply_async()
+            except Exception as error:  # the broker gone: say so, keep serving
+                console.print(f"[yellow]refresh_cache not published:[/] {error}")
+            wait = REFRESH_EVERY_S
+
+    thread = threading.Thread(target=publish, name="refresh-cache", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10.0)
+
+
+def serve(target: Target, options: DemoOptions, console: Console) -> int:
+    """Keep the served mode's app and worker running until Ctrl-C / SIGTERM (returns 0).
+
+    Returns 1 when one of them exits on its own; both are stopped either way.
+    """
+    mode = options.served_mode()
+    services = start_services(
+        target,
+        mode,
+        port=options.port,
+        warm=options.warm_up(),
+        worker_port=options.served_worker_metrics_port(),
+        faults=options.fault_injection,
     )
     try:
-        while services.app.poll() is None and services.worker.poll() is None:
-            time.sleep(1.0)
+        wait_for_worker_metrics(services, target.work_dir, mode)
+        _print_serving(console, services, target, mode, options.fault_injection)
+        with contextlib.ExitStack() as stack:
+            if mode == "optimized":
+                stack.enter_context(refreshing_cache(target, mode, console))
+            while services.app.poll() is None and services.worker.poll() is None:
+                time.sleep(0.5)
+        name, log = (
+            ("app", f"app-{mode}.log")
+            if services.app.poll() is not None
+            else ("worker", f"worker-{mode}.log")
+        )
+        tail = (target.work_dir / log).read_text(errors="replace")[-2000:]
+        console.print(f"[red]the demo {name} exited; stopping[/]")
+        console.print(tail, markup=False, highlight=False)
+        return 1
     except KeyboardInterrupt:
-        console.print("stopping")
+        console.print("stopping: app and worker, then the demo data")
+        return 0
     finally:
         services.stop()
+
+
+def _print_serving(
+    console: Console, services: Services, target: Target, mode: str, faults: bool
+) -> None:
+    rows = [
+        ("app", services.base_url),
+        ("app metrics", f"{services.base_url}/metrics"),
+        ("worker metrics", services.worker_metrics_url),
+        ("cache stats", f"{services.base_url}/api/system/cache-stats"),
+    ]
+    if faults:
+        rows.append(("latency faults", f"{services.base_url}{FAULTS_PATH}"))
+    rows += [("database", target.database_name), ("Redis keys", f"{target.prefix}:*")]
+    console.print(f"serving {mode} until Ctrl-C or SIGTERM (then the demo data is removed)")
+    for label, value in rows:
+        console.print(f"  {label:<15} {value}", markup=False, highlight=False)

@@ -15,8 +15,11 @@ import base64
 import datetime as dt
 import multiprocessing
 import os
-from collections.abc import Awaitable
+import threading
+import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -31,7 +34,7 @@ from sqlalchemy.orm import Session, joinedload
 
 import stackwatch
 from stackwatch.cache import warm_up_async
-from stackwatch.demo.analysis import ROUNDS, analyse, score, simulate
+from stackwatch.demo.analysis import ROUNDS, analyse, analyse_blocked, score, simulate_blocked
 from stackwatch.demo.models import DailyPrice, InstitutionalFlow, Signal, Stock
 from stackwatch.demo.schema import with_driver
 from stackwatch.demo.workload import CHART_DAYS
@@ -89,6 +92,25 @@ class Database:
 database = Database()
 
 
+def _exit_with(parent: int) -> None:
+    """Pool initializer: end this process within a second of ``parent`` (the app) ending.
+
+    A killed app (SIGKILL after a stop timed out, an OOM kill) leaves its pool's
+    processes behind: they finish the analyses already handed to them for nobody,
+    then wait forever on a queue no one writes to.
+    """
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-app", daemon=True).start()
+
+
 class AnalysisPool:
     """Where the CPU-heavy analysis runs: a process pool in the web app.
 
@@ -99,9 +121,11 @@ class AnalysisPool:
     are independent): a miss waits for its share of the CPU in each of them, not in
     one, which halved the endpoint's P99 on 2 busy cores. They run at the loop's own
     CPU priority: an analysis computed here is a user's request waiting for it, and
-    a niced pool on a busy host waited seconds for the CPU (P99 3.5 s). Celery's
-    prefork children cannot have children of their own; there (no pool configured)
-    the analysis runs inline, which is what a worker process is for.
+    a niced pool on a busy host waited seconds for the CPU (P99 3.5 s). Both paths
+    compute with ``simulate_blocked``, the cache-friendly implementation of the
+    model that gives exactly its numbers. Celery's prefork children cannot have
+    children of their own; there (no pool configured) the analysis runs inline,
+    which is what a worker process is for.
     """
 
     def __init__(self) -> None:
@@ -111,7 +135,15 @@ class AnalysisPool:
     def start(self, workers: int) -> None:
         """Start ``workers`` processes (forkserver: never fork a process running a loop)."""
         context = multiprocessing.get_context("forkserver")
-        self._executor = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+        self._executor = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=context,
+            initializer=_exit_with,
+            initargs=(os.getpid(),),
+        )
+        # The processes start (and import) on the first submission: now, during the
+        # app's warm-up, not on the first user's miss (a second and more).
+        self._executor.submit(os.getpid)
         # Contiguous slices, so the parts joined in order are the rounds in order.
         self._slices = [
             range(ROUNDS * part // workers, ROUNDS * (part + 1) // workers)
@@ -121,11 +153,11 @@ class AnalysisPool:
     async def run(self, ticker: str, closes: list[float]) -> dict[str, Any]:
         """``analyse(ticker, closes)``: its rounds spread over the pool, or inline without one."""
         if self._executor is None:
-            return analyse(ticker, closes)
+            return analyse_blocked(ticker, closes)
         loop = asyncio.get_running_loop()
         parts = await asyncio.gather(
             *(
-                loop.run_in_executor(self._executor, simulate, ticker, closes, rounds)
+                loop.run_in_executor(self._executor, simulate_blocked, ticker, closes, rounds)
                 for rounds in self._slices
             )
         )
@@ -499,24 +531,24 @@ async def optimized_ai_analysis(ticker: str) -> dict[str, Any]:
     return await analysis_pool.run(ticker, closes)
 
 
-async def _bounded(calls: list[Awaitable[Any]], concurrency: int) -> None:
+async def _bounded(calls: list[Callable[[], Awaitable[Any]]], concurrency: int) -> None:
+    # Each call starts once it holds the gate: a start-up stopped half-way leaves no
+    # coroutine that was created and never awaited.
     gate = asyncio.Semaphore(concurrency)
 
-    async def one(call: Awaitable[Any]) -> None:
+    async def one(call: Callable[[], Awaitable[Any]]) -> None:
         async with gate:
-            await call
+            await call()
 
     await asyncio.gather(*(one(call) for call in calls))
 
 
 async def warm_analyses(tickers: list[str], concurrency: int) -> int:
-    """Compute the analyses of ``tickers`` that are not cached (100-300 ms of CPU each).
+    """Compute and cache the analyses of ``tickers`` that are not cached (the nightly batch).
 
-    Warm them before anything short-lived: they live an hour, prices only 30 s, and
-    prices warmed before a long analysis warm-up were already expiring when traffic
-    arrived.
+    About 0.1 CPU-second each with ``simulate_blocked`` (0.25 with ``simulate``).
     """
-    await _bounded([optimized_ai_analysis(ticker) for ticker in tickers], concurrency)
+    await _bounded([partial(optimized_ai_analysis, ticker) for ticker in tickers], concurrency)
     return len(tickers)
 
 
@@ -528,7 +560,7 @@ async def warm_up(tickers: list[str], concurrency: int = 4) -> int:
         for days in CHART_DAYS:
             await optimized_chart(ticker, days)
 
-    await _bounded([details(ticker) for ticker in tickers], concurrency)
+    await _bounded([partial(details, ticker) for ticker in tickers], concurrency)
     return len(tickers)
 
 
@@ -540,10 +572,33 @@ async def warm_long_lived(tickers: list[str], concurrency: int = 8) -> int:
     misses only on prices.
     """
     await _bounded(
-        [call for ticker in tickers for call in (stock_info(ticker), recent_signals(ticker))],
+        [
+            partial(function, ticker)
+            for ticker in tickers
+            for function in (stock_info, recent_signals)
+        ],
         concurrency,
     )
     return len(tickers)
+
+
+async def warm_start(ranked: list[str], tickers: int) -> dict[str, float]:
+    """The optimized app's start-up warm-up over ``ranked`` (most popular first); seconds per step.
+
+    Company info and signals of every ticker (they live 10 min to 1 h) first, then
+    the details and charts of the ``tickers`` most popular: prices live 30 s, so
+    they come last. Analyses are not warmed here: every ticker's is computed by the
+    nightly batch on the worker (tasks.analyse_chunk), not at each start of each
+    web process.
+    """
+    started = time.perf_counter()
+    await warm_long_lived(ranked)
+    long_lived = time.perf_counter()
+    await warm_up(ranked[:tickers])
+    return {
+        "long_lived_s": round(long_lived - started, 1),
+        "short_lived_s": round(time.perf_counter() - long_lived, 1),
+    }
 
 
 async def refresh_ahead(tickers: list[str], concurrency: int = 4) -> dict[str, dict[str, int]]:

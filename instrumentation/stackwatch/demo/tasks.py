@@ -1,10 +1,11 @@
-"""The demo's Celery app: the VCP scan (serial baseline, chunked group + chord) and refresh_cache.
+"""The demo's Celery app: the VCP scan (serial baseline, chunked group + chord), refresh_cache
+and the nightly batch of AI analyses.
 
 The broker is the Redis the demo uses (``CELERY_BROKER_URL``, else ``REDIS_URL``);
 ``STACKWATCH_DEMO_PREFIX`` prefixes every broker and result key so several demos
 (and tests) can share one Redis. Queues are stackwatch's presets: ``high`` for the
-real-time ``refresh_cache``, ``low`` for the batch scan; the baseline scan runs on
-``default``, the only queue its worker serves.
+real-time ``refresh_cache``, ``low`` for the batch scan and the analyses; the
+baseline scan runs on ``default``, the only queue its worker serves.
 
 Each worker process runs the async service code on one event loop of its own, so
 the tasks share the service's engine set-up and its ``@cached`` functions (the
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 from celery import Celery, chord, group
-from celery.result import AsyncResult
+from celery.result import AsyncResult, GroupResult
 from sqlalchemy import insert, select
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -30,9 +31,12 @@ import stackwatch
 from stackwatch.demo import service
 from stackwatch.demo.models import DailyPrice, Signal, Stock
 from stackwatch.demo.vcp import detect
+from stackwatch.demo.warmup import warm_sizes
 
 T = TypeVar("T")
 CHUNK_TICKERS = 100
+# 3 to 4 s of CPU per task: small enough that the two worker processes finish together.
+ANALYSIS_CHUNK_TICKERS = 25
 REFRESH_AHEAD_TICKERS = 150
 # A lost connection, a restarting server or a pool timeout go away on their own.
 RETRY_OPTIONS: dict[str, Any] = {
@@ -55,6 +59,7 @@ stackwatch.configure_celery(
         "demo.refresh_cache": "high",
         "demo.scan_chunk": "low",
         "demo.write_signals": "low",
+        "demo.analyse_chunk": "low",
         "demo.scan_serial": "default",
     },
 )
@@ -188,6 +193,18 @@ def start_chunked_scan(tickers: list[str], chunk_size: int = CHUNK_TICKERS) -> A
     return result
 
 
+def scan_state(scan_id: str) -> dict[str, Any]:
+    """What the result backend knows of a scan: its state, and its result or error type."""
+    result = AsyncResult(scan_id, app=app)
+    state = str(result.state)
+    answer: dict[str, Any] = {"id": scan_id, "state": state}
+    if state == "SUCCESS":
+        answer["result"] = result.result
+    elif state == "FAILURE":
+        answer["error"] = type(result.result).__name__
+    return answer
+
+
 @app.task(name="demo.refresh_cache")
 def refresh_cache(limit: int | None = None) -> int:
     """Keep the ``limit`` most popular tickers' prices, flows and charts warm (every 20 s).
@@ -200,10 +217,33 @@ def refresh_cache(limit: int | None = None) -> int:
     """
 
     async def refresh() -> int:
-        count = limit or int(os.environ.get("STACKWATCH_DEMO_WARM_TICKERS", "300"))
+        count = limit or warm_sizes()[0]
         popular = await service.popular_tickers(count)
         await service.refresh_ahead(popular[:REFRESH_AHEAD_TICKERS])
         await service.warm_up(popular[REFRESH_AHEAD_TICKERS:])
         return len(popular)
 
     return run(refresh())
+
+
+@app.task(name="demo.analyse_chunk", **RETRY_OPTIONS)
+def analyse_chunk(tickers: list[str]) -> int:
+    """The nightly batch's unit: compute and cache the AI analyses of ``tickers``.
+
+    Through the service's own ``@cached`` function, so the app reads the very keys
+    written here; computed inline (a prefork child has no pool of its own) with
+    the same implementation as the app's pool. Returns how many were asked for.
+    """
+    return run(service.warm_analyses(tickers, 1))
+
+
+def start_nightly_analyses(
+    tickers: list[str], chunk_size: int = ANALYSIS_CHUNK_TICKERS
+) -> GroupResult:
+    """Publish the nightly batch: ``group(analyse_chunk)`` over ``tickers``, in their order.
+
+    Give the most popular first: they are done first if traffic arrives early.
+    """
+    chunks = [tickers[i : i + chunk_size] for i in range(0, len(tickers), chunk_size)]
+    result: GroupResult = group(analyse_chunk.s(chunk) for chunk in chunks).apply_async()
+    return result
