@@ -1,14 +1,19 @@
-"""End to end: app -> Prometheus (e2e rules) -> Alertmanager (rendered config) -> receivers.
+"""End to end: `stackwatch demo --serve` -> Prometheus (e2e rules) -> Alertmanager -> receivers.
 
-Real Prometheus and Alertmanager from Debian's packages run as plain processes on
-free loopback ports with their own data directories; the app is
-tests/stack_e2e_app.py under uvicorn, producing every metric through stackwatch's
-own code paths. The rules are alerts/rules-e2e (the production rules with every
-duration divided by 30), so a 5-minute P95 alert fires after 10 s here.
+The service is the demo itself, started as a user would start it for a drill:
+``stackwatch demo --serve --no-compare --fault-injection`` on this machine's
+PostgreSQL and Redis (its own database and key prefix), on ports the test picks so
+that it can write Prometheus's scrape configuration: the app's /metrics and the
+Celery worker's. Real Prometheus and Alertmanager from Debian's packages run as
+plain processes on loopback ports with their own data directories. The rules are
+alerts/rules-e2e (the production rules with every duration divided by 30), so a
+5-minute P95 alert fires after 10 s here.
 
-The tests run in file order on one stack: dashboards first, then the latency
-breach (alert fires, is routed to chat with path and severity, `stackwatch gate`
-fails; latency removed, the alert resolves and the gate passes).
+The tests run in file order on one stack: every dashboard panel has data; the
+latency drill (a fault on one route: the P95 alert fires, reaches chat with path and
+severity, `stackwatch gate` fails; a worse one on another route pages; faults
+removed, both resolve and the gate passes); then Ctrl-C stops the demo, which
+leaves no process, database or Redis key behind.
 """
 
 from __future__ import annotations
@@ -16,13 +21,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,14 +35,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import psycopg
 import pytest
 import redis
 import yaml
 
 from stackwatch import alertmanager, dashboards, slo
+from stackwatch.demo.data import generate
+from stackwatch.demo.faults import FAULTS_PATH
+from stackwatch.demo.runner import DemoOptions
 from stackwatch.render import E2E_RULES_DIR, dump_yaml
 from tests.conftest import POSTGRES_ADMIN_URL, REDIS_URL, free_port
+from tests.support.bytecode import with_bytecode_cache
 
 pytestmark = [
     pytest.mark.integration,
@@ -49,11 +59,17 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVICE = "stackwatch-e2e"
-SLOW_PATH = "/api/items/{item_id}"
+SERVICE = "stackwatch-demo"
+WORKER_SERVICE = "stackwatch-demo-worker"
+SCALE = 0.05  # 100 tickers: seeded in a second or two, warmed in a few
+SLOW_PATH = "/api/kr/stocks/{ticker}"
 INJECTED_LATENCY_S = 0.6  # inside the (0.5, 0.75] bucket: P95 over 0.5 s, P99 under 1 s
+PAGED_PATH = "/api/kr/stocks/{ticker}/chart"
+PAGED_LATENCY_S = 1.5  # inside the (1, 2.5] bucket: P99 over 1 s, a critical alert
+# On a loaded 2-core machine the demo's interpreters import and warm slowly.
+DEMO_READY_TIMEOUT_S = 240.0
 # Grafana fills these in; any value that spans a few scrapes does for the check.
-GRAFANA_VARIABLES = {"$__rate_interval": "15s", "$service": SERVICE}
+GRAFANA_VARIABLES = {"$__rate_interval": "15s", "$service": f"{SERVICE}|{WORKER_SERVICE}"}
 
 
 def wait_for(
@@ -122,29 +138,88 @@ def chat_texts(receiver: ReceiverServer) -> list[str]:
     ]
 
 
+def paged(receiver: ReceiverServer, alert: str, status: str = "firing") -> list[dict[str, Any]]:
+    """The alerts named ``alert`` in ``status`` that the pager webhook got."""
+    return [
+        item
+        for body in receiver.received("/pager")
+        for item in body["alerts"]
+        if item["labels"]["alertname"] == alert and item["status"] == status
+    ]
+
+
+@dataclass
+class Demo:
+    """The `stackwatch demo --serve` process and what it said it owns."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+    database: str = ""
+    key_prefix: str = ""
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def serving(self) -> bool:
+        """True once the demo printed its URLs; fails at once if it exited instead."""
+        text = self.output()
+        if self.process.poll() is not None:
+            raise AssertionError(f"the demo exited ({self.process.returncode}):\n{text[-3000:]}")
+        database = re.search(r"^\s+database\s+(stackwatch_demo_\w+)$", text, re.MULTILINE)
+        keys = re.search(r"^\s+Redis keys\s+(stackwatch-demo:\w+)\S*$", text, re.MULTILINE)
+        if database is None or keys is None:
+            return False
+        self.database, self.key_prefix = database[1], keys[1]
+        return True
+
+    def processes(self) -> list[psutil.Process]:
+        """The demo's process tree: runner, app, worker and their children."""
+        with contextlib.suppress(psutil.NoSuchProcess):
+            root = psutil.Process(self.process.pid)
+            return [root, *root.children(recursive=True)]
+        return []
+
+
 @dataclass
 class Stack:
     app_url: str
+    worker_metrics_url: str
     prometheus_url: str
     alertmanager_url: str
     receiver: ReceiverServer
+    demo: Demo
+    tickers: list[str]
+    environment: dict[str, str]
+    # One client for every check: httpx.get builds an SSL context per call, ~60 ms of
+    # CPU, which a poll of two dozen panel queries would take from the demo.
+    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=15))
     stop_traffic: threading.Event = field(default_factory=threading.Event)
+    stop_other_routes: threading.Event = field(default_factory=threading.Event)
 
     def query(self, promql: str) -> list[dict[str, Any]]:
-        response = httpx.get(
-            f"{self.prometheus_url}/api/v1/query", params={"query": promql}, timeout=10
-        )
+        response = self.http.get(f"{self.prometheus_url}/api/v1/query", params={"query": promql})
         body = response.json()
         assert body["status"] == "success", (promql, body)
         return list(body["data"]["result"])
 
-    def alerts(self, name: str, state: str) -> list[dict[str, Any]]:
-        body = httpx.get(f"{self.prometheus_url}/api/v1/alerts", timeout=10).json()
+    def alerts(self, name: str, state: str, path: str | None = None) -> list[dict[str, Any]]:
+        body = self.http.get(f"{self.prometheus_url}/api/v1/alerts").json()
         return [
             alert
             for alert in body["data"]["alerts"]
-            if alert["labels"]["alertname"] == name and alert["state"] == state
+            if alert["labels"]["alertname"] == name
+            and alert["state"] == state
+            and (path is None or alert["labels"].get("path") == path)
         ]
+
+    def fault(self, path: str, seconds: float, layer: str = "app") -> None:
+        response = self.http.put(
+            f"{self.app_url}{FAULTS_PATH}", json={"path": path, "seconds": seconds, "layer": layer}
+        )
+        assert response.status_code == 200, response.text
+
+    def clear_faults(self) -> None:
+        self.http.delete(f"{self.app_url}{FAULTS_PATH}").raise_for_status()
 
 
 def _start(
@@ -160,95 +235,142 @@ def _start(
     )
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def _stop(process: subprocess.Popen[bytes], first: int = signal.SIGTERM) -> None:
     if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, first)
         try:
-            process.wait(10)
+            process.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(5)
 
 
-def _ready(url: str) -> bool:
-    return httpx.get(url, timeout=2).status_code == 200
+def _ready(stack: Stack, url: str) -> bool:
+    return stack.http.get(url, timeout=2).status_code == 200
 
 
-def _traffic(stack: Stack) -> None:
-    """Bounded background load: the items endpoint steadily, the others now and then."""
+def _steady(stack: Stack, path: Callable[[int], str]) -> None:
+    """One client asking for ``path(n)`` in a loop, so that route keeps a steady rate."""
     deadline = time.monotonic() + 300
-    with httpx.Client(base_url=stack.app_url, timeout=10) as client:
-        round_number = 0
+    with httpx.Client(base_url=stack.app_url, timeout=15) as client:
+        number = 0
         while not stack.stop_traffic.is_set() and time.monotonic() < deadline:
-            round_number += 1
-            try:
-                client.get(f"/api/items/{round_number % 7}")
-                if round_number % 4 == 0:
-                    client.get("/api/quotes/005930")
-                    client.get("/api/report")
-                    client.post("/api/tasks")
-                    client.get("/api/boom")
-            except httpx.HTTPError:
-                pass  # the app restarting or slow is what some tests cause
-            time.sleep(0.05)
-
-
-def _items_traffic(stack: Stack) -> None:
-    """A second client on the items endpoint, so the slow path keeps a steady rate."""
-    deadline = time.monotonic() + 300
-    with httpx.Client(base_url=stack.app_url, timeout=10) as client:
-        while not stack.stop_traffic.is_set() and time.monotonic() < deadline:
+            number += 1
             with contextlib.suppress(httpx.HTTPError):
-                client.get("/api/items/1")
+                client.get(path(number))
             time.sleep(0.1)
+
+
+def _the_rest(stack: Stack, scans: list[str]) -> None:
+    """Every other route now and then: signal pages, analyses, health, cache stats, scans."""
+    deadline = time.monotonic() + 300
+    analysed = stack.tickers[:3]  # warmed at start: the analysis of the others costs CPU
+    with httpx.Client(base_url=stack.app_url, timeout=15) as client:
+        number = 0
+        while not stack.stop_other_routes.is_set() and time.monotonic() < deadline:
+            number += 1
+            try:
+                page = client.get("/api/kr/signals", params={"limit": 20}).json()
+                if page.get("next_cursor"):
+                    client.get(
+                        "/api/kr/signals", params={"limit": 20, "cursor": page["next_cursor"]}
+                    )
+                client.get(f"/api/kr/ai-analysis/{analysed[number % len(analysed)]}")
+                client.get("/healthz")
+                client.get("/api/system/cache-stats")
+                client.get(f"/api/kr/scans/{scans[number % len(scans)]}")
+            except (httpx.HTTPError, ValueError):
+                pass  # a slow or restarting app is what some tests cause
+            time.sleep(0.3)
+
+
+def _prometheus_config(app_port: int, worker_port: int, alertmanager_port: int) -> dict[str, Any]:
+    def job(name: str, port: int, service: str) -> dict[str, Any]:
+        return {
+            "job_name": name,
+            "scrape_interval": "1s",
+            "scrape_timeout": "1s",
+            "static_configs": [{"targets": [f"127.0.0.1:{port}"], "labels": {"service": service}}],
+        }
+
+    return {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(ROOT / E2E_RULES_DIR / "*.yml")],
+        "alerting": {
+            "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{alertmanager_port}"]}]}]
+        },
+        "scrape_configs": [
+            job("app", app_port, SERVICE),
+            job("worker", worker_port, WORKER_SERVICE),
+        ],
+    }
+
+
+def _remove_leftovers(demo: Demo) -> None:
+    """Drop what a demo that did not clean up left (the last test checks it does)."""
+    if demo.database:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{demo.database}" WITH (FORCE)')
+    if demo.key_prefix:
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            for key in client.scan_iter(match=f"{demo.key_prefix}:*", count=500):
+                client.unlink(key)
+        finally:
+            client.close()
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("stack")
-    prefix = f"swtest:{uuid.uuid4().hex[:12]}"
-    database = f"sw_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{database}"')
+    environment = with_bytecode_cache()
     processes: list[subprocess.Popen[bytes]] = []
     receiver = ReceiverServer()
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    app_port, prometheus_port, alertmanager_port = distinct_free_ports(3)
+    app_port, worker_port, prometheus_port, alertmanager_port = distinct_free_ports(4)
+    demo = Demo(
+        _start(
+            [
+                sys.executable,
+                "-m",
+                "stackwatch.cli",
+                "demo",
+                "--serve",
+                "--no-compare",
+                "--fault-injection",
+                "--quick",
+                "--scale",
+                str(SCALE),
+                "--port",
+                str(app_port),
+                "--worker-metrics-port",
+                str(worker_port),
+            ],
+            work / "demo.log",
+            {
+                **environment,
+                "DATABASE_URL": POSTGRES_ADMIN_URL,
+                "REDIS_URL": REDIS_URL,
+                "OTEL_TRACES_EXPORTER": "none",
+                "STACKWATCH_LOG_LEVEL": "warning",
+            },
+        ),
+        work / "demo.log",
+    )
     stack = Stack(
         app_url=f"http://127.0.0.1:{app_port}",
+        worker_metrics_url=f"http://127.0.0.1:{worker_port}/metrics",
         prometheus_url=f"http://127.0.0.1:{prometheus_port}",
         alertmanager_url=f"http://127.0.0.1:{alertmanager_port}",
         receiver=receiver,
+        demo=demo,
+        # The demo's own data, generated the same way: the most popular tickers are warm.
+        tickers=generate(SCALE, DemoOptions().seed).by_popularity()[:5],
+        environment=environment,
     )
     threads: list[threading.Thread] = []
     try:
-        env = {
-            **os.environ,
-            "E2E_PREFIX": prefix,
-            "E2E_REDIS_URL": REDIS_URL,
-            "E2E_DATABASE_URL": f"{POSTGRES_ADMIN_URL.rsplit('/', 1)[0]}/{database}",
-            "OTEL_TRACES_EXPORTER": "none",
-            "STACKWATCH_LOG_LEVEL": "warning",
-        }
-        processes.append(
-            _start(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "tests.stack_e2e_app:app",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(app_port),
-                    "--log-level",
-                    "warning",
-                    "--no-access-log",
-                ],
-                work / "app.log",
-                env,
-            )
-        )
         receiver_url = f"http://127.0.0.1:{receiver.server_address[1]}"
         config = alertmanager.config(
             alertmanager.Receivers(
@@ -270,25 +392,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 work / "alertmanager.log",
             )
         )
-        prometheus_config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(ROOT / E2E_RULES_DIR / "*.yml")],
-            "alerting": {
-                "alertmanagers": [
-                    {"static_configs": [{"targets": [f"127.0.0.1:{alertmanager_port}"]}]}
-                ]
-            },
-            "scrape_configs": [
-                {
-                    "job_name": "app",
-                    "scrape_interval": "1s",
-                    "scrape_timeout": "1s",
-                    "static_configs": [
-                        {"targets": [f"127.0.0.1:{app_port}"], "labels": {"service": SERVICE}}
-                    ],
-                }
-            ],
-        }
+        wait_for(demo.serving, DEMO_READY_TIMEOUT_S, "the demo to serve", interval_s=1.0)
+        # Prometheus starts once the demo serves, so no TargetDown is raised meanwhile.
+        prometheus_config = _prometheus_config(app_port, worker_port, alertmanager_port)
         (work / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config))
         processes.append(
             _start(
@@ -303,34 +409,46 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 work / "prometheus.log",
             )
         )
-        wait_for(lambda: _ready(f"{stack.app_url}/metrics"), 60, "the app")
-        wait_for(lambda: _ready(f"{stack.alertmanager_url}/-/ready"), 30, "Alertmanager")
-        wait_for(lambda: _ready(f"{stack.prometheus_url}/-/ready"), 30, "Prometheus")
-        httpx.post(f"{stack.app_url}/seed/once", timeout=10).raise_for_status()
+        # One slow statement (the database layer of the fault hook) for the slow-query panels.
+        stack.fault("/api/kr/signals", 0.15, layer="database")
+        stack.http.get(f"{stack.app_url}/api/kr/signals").raise_for_status()
+        stack.clear_faults()
+        # Both VCP scans: the chunked one (group + chord on the low queue) and the serial
+        # one (default queue), whose query per ticker is an N+1 pattern of the task.
+        scans = []
+        for method in ("chunked", "serial"):
+            started = stack.http.post(f"{stack.app_url}/api/kr/scans", params={"method": method})
+            assert started.status_code == 202, started.text
+            scans.append(started.json()["id"])
+        ticker = stack.tickers
         threads = [
-            threading.Thread(target=_traffic, args=(stack,), daemon=True),
-            threading.Thread(target=_items_traffic, args=(stack,), daemon=True),
+            threading.Thread(
+                target=_steady, args=(stack, lambda n: f"/api/kr/stocks/{ticker[n % 5]}")
+            ),
+            threading.Thread(
+                target=_steady,
+                args=(stack, lambda n: f"/api/kr/stocks/{ticker[n % 5]}/chart?days=60"),
+            ),
+            threading.Thread(target=_the_rest, args=(stack, scans)),
         ]
         for thread in threads:
+            thread.daemon = True
             thread.start()
+        wait_for(lambda: _ready(stack, f"{stack.alertmanager_url}/-/ready"), 30, "Alertmanager")
+        wait_for(lambda: _ready(stack, f"{stack.prometheus_url}/-/ready"), 30, "Prometheus")
         yield stack
     finally:
         stack.stop_traffic.set()
+        stack.stop_other_routes.set()
         for thread in threads:
-            thread.join(15)
+            thread.join(20)
+        _stop(demo.process, first=signal.SIGINT)
         for process in reversed(processes):
             _stop(process)
         receiver.shutdown()
         receiver.server_close()
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        client = redis.Redis.from_url(REDIS_URL)
-        try:
-            for pattern in (f"{prefix}*", f"_kombu.binding.{prefix}*", f"_kombu.*{prefix}*"):
-                for key in client.scan_iter(match=pattern, count=500):
-                    client.unlink(key)
-        finally:
-            client.close()
+        stack.http.close()
+        _remove_leftovers(demo)
 
 
 def _grafana_expression(expr: str) -> str:
@@ -349,12 +467,18 @@ def test_every_dashboard_panel_query_returns_data(stack: Stack) -> None:
     def empty() -> list[str]:
         return [f"{uid} / {title}: {expr}" for uid, title, expr in queries if not stack.query(expr)]
 
-    wait_for(lambda: not empty(), 90, "every panel query to return data", interval_s=2)
+    try:
+        wait_for(lambda: not empty(), 90, "every panel query to return data", interval_s=2)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; still empty:\n" + "\n".join(empty())) from None
+    # Both processes were scraped: the app's HTTP series and the worker's task series.
+    assert stack.query(f'sum(api_request_duration_seconds_count{{service="{SERVICE}"}})')
+    assert stack.query(f'sum(celery_tasks_total{{service="{WORKER_SERVICE}"}})')
 
 
 def test_latency_histogram_carries_trace_exemplars(stack: Stack) -> None:
     def exemplars() -> list[dict[str, Any]]:
-        response = httpx.get(
+        response = stack.http.get(
             f"{stack.prometheus_url}/api/v1/query_exemplars",
             params={
                 "query": f'api_request_duration_seconds_bucket{{service="{SERVICE}"}}',
@@ -382,6 +506,7 @@ def _gate(stack: Stack, *options: str) -> subprocess.CompletedProcess[str]:
             "10s",
             *options,
         ],
+        env=stack.environment,
         capture_output=True,
         text=True,
         timeout=60,
@@ -389,80 +514,130 @@ def _gate(stack: Stack, *options: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _p95_of(stack: Stack) -> list[dict[str, Any]]:
-    record = slo.gate_by_key("api_latency_p95").record
-    return stack.query(f'{record}{{service="{SERVICE}", path="{SLOW_PATH}"}} > 0.5')
+def _over(stack: Stack, key: str, path: str, threshold: float) -> list[dict[str, Any]]:
+    record = slo.gate_by_key(key).record
+    return stack.query(f'{record}{{service="{SERVICE}", path="{path}"}} > {threshold}')
 
 
 def test_latency_breach_fires_is_routed_and_resolves(stack: Stack) -> None:
-    alert = slo.gate_by_key("api_latency_p95").alert
+    p95, p99 = slo.gate_by_key("api_latency_p95").alert, slo.gate_by_key("api_latency_p99").alert
     wait_for(lambda: stack.query(f'up{{service="{SERVICE}"}} == 1'), 30, "the app to be scraped")
-    assert not stack.alerts(alert, "firing"), "the P95 alert fired before any latency was injected"
+    assert not stack.alerts(p95, "firing", SLOW_PATH), f"{p95} fired before any fault"
+    assert not stack.alerts(p99, "firing", PAGED_PATH), f"{p99} fired before any fault"
+    # From here only the two drilled routes have traffic, so `stackwatch gate` judges
+    # them (a route without requests in the window has no quantile to judge).
+    stack.stop_other_routes.set()
 
-    httpx.post(
-        f"{stack.app_url}/control/latency", params={"seconds": INJECTED_LATENCY_S}
-    ).raise_for_status()
+    stack.fault(SLOW_PATH, INJECTED_LATENCY_S)
+    stack.fault(PAGED_PATH, PAGED_LATENCY_S)
     try:
-        wait_for(lambda: _p95_of(stack), 60, "the recorded P95 of the slow path to pass 500 ms")
-        firing = wait_for(lambda: stack.alerts(alert, "firing"), 60, f"{alert} to fire")
-        assert {(a["labels"]["path"], a["labels"]["severity"]) for a in firing} == {
-            (SLOW_PATH, "warning")
-        }
+        wait_for(
+            lambda: _over(stack, "api_latency_p95", SLOW_PATH, 0.5),
+            60,
+            f"the recorded P95 of {SLOW_PATH} to pass 500 ms",
+        )
+        firing = wait_for(lambda: stack.alerts(p95, "firing", SLOW_PATH), 60, f"{p95} to fire")
+        assert [a["labels"]["severity"] for a in firing] == ["warning"]
+        assert firing[0]["labels"]["service"] == SERVICE
 
         message = wait_for(
-            lambda: [t for t in chat_texts(stack.receiver) if f"FIRING {alert}" in t],
+            lambda: [
+                t
+                for t in chat_texts(stack.receiver)
+                if f"FIRING {p95}" in t and f"path={SLOW_PATH}" in t
+            ],
             30,
-            "the chat webhook to get the alert",
+            "the chat webhook to get the P95 alert",
         )[0]
         assert f"severity=warning service={SERVICE} path={SLOW_PATH}" in message
         assert "P95 latency is" in message
         assert "runbook" in message.lower()
-        assert not any(alert in json.dumps(body) for body in stack.receiver.received("/pager")), (
-            "a warning reached the pager"
+
+        pages = wait_for(
+            lambda: [a for a in paged(stack.receiver, p99) if a["labels"]["path"] == PAGED_PATH],
+            60,
+            f"{p99} of {PAGED_PATH} on the pager webhook",
         )
+        assert {a["labels"]["severity"] for a in pages} == {"critical"}
+        assert all(a["annotations"]["runbook_url"].endswith("#apilatencyp99high") for a in pages)
 
         during = _gate(stack, "--json")
         assert during.returncode == 1, during.stdout + during.stderr
         verdicts = {v["gate"]: v for v in json.loads(during.stdout)}
         assert verdicts["api_latency_p95"]["status"] == "fail"
-        assert {b["labels"]["path"] for b in verdicts["api_latency_p95"]["breaches"]} == {SLOW_PATH}
+        assert SLOW_PATH in {b["labels"]["path"] for b in verdicts["api_latency_p95"]["breaches"]}
+        assert verdicts["api_latency_p99"]["status"] == "fail"
+        assert PAGED_PATH in {b["labels"]["path"] for b in verdicts["api_latency_p99"]["breaches"]}
         table = _gate(stack, "--gate", "api_latency_p95")
         assert table.returncode == 1
         assert "fail" in table.stdout
     finally:
-        httpx.post(f"{stack.app_url}/control/latency", params={"seconds": 0}).raise_for_status()
+        stack.clear_faults()
 
     wait_for(
-        lambda: not stack.alerts(alert, "firing") and not stack.alerts(alert, "pending"),
+        lambda: (
+            not stack.alerts(p95, "firing", SLOW_PATH)
+            and not stack.alerts(p95, "pending", SLOW_PATH)
+            and not stack.alerts(p99, "firing", PAGED_PATH)
+        ),
         60,
-        f"{alert} to resolve in Prometheus",
+        f"{p95} and {p99} to resolve in Prometheus",
     )
     wait_for(
-        lambda: [t for t in chat_texts(stack.receiver) if f"RESOLVED {alert}" in t],
+        lambda: [
+            t for t in chat_texts(stack.receiver) if f"RESOLVED {p95}" in t and SLOW_PATH in t
+        ],
         30,
         "the chat webhook to get the resolution",
     )
-    after = wait_for(
-        lambda: (r := _gate(stack, "--json")).returncode == 0 and r, 30, "stackwatch gate to pass"
-    )
-    statuses = {v["gate"]: v["status"] for v in json.loads(after.stdout)}
-    assert statuses["api_latency_p95"] == "pass", statuses
-
-
-def test_critical_alerts_go_to_the_pager(stack: Stack) -> None:
-    # /api/boom answers 503 to every call: ApiErrorRateHigh (critical) fires for it.
-    alert = slo.gate_by_key("api_error_ratio").alert
-    pages = wait_for(
+    wait_for(
         lambda: [
-            a
-            for body in stack.receiver.received("/pager")
-            for a in body["alerts"]
-            if a["labels"]["alertname"] == alert and a["status"] == "firing"
+            a for a in paged(stack.receiver, p99, "resolved") if a["labels"]["path"] == PAGED_PATH
         ],
-        60,
-        f"{alert} on the pager webhook",
+        30,
+        "the pager to get the resolution",
     )
-    assert {(a["labels"]["path"], a["labels"]["severity"]) for a in pages} == {
-        ("/api/boom", "critical")
-    }
-    assert all(a["annotations"]["runbook_url"].endswith("#apierrorratehigh") for a in pages)
+    assert not paged(stack.receiver, p95), "a warning reached the pager"
+    # The latency gates the drill broke pass again. (The others judge the machine as
+    # much as the demo: on 2 busy cores a primary-key lookup waiting 300 ms for the
+    # CPU is a slow query.)
+    latency = ("--gate", "api_latency_p95", "--gate", "api_latency_p99")
+    last: list[subprocess.CompletedProcess[str]] = []
+
+    def gate_passes() -> subprocess.CompletedProcess[str] | None:
+        last[:] = [_gate(stack, "--json", *latency)]
+        return last[0] if last[0].returncode == 0 else None
+
+    try:
+        after = wait_for(gate_passes, 60, "stackwatch gate to pass", interval_s=1.0)
+    except AssertionError as error:
+        raise AssertionError(f"{error}:\n{last[0].stdout}{last[0].stderr}") from None
+    statuses = {v["gate"]: v["status"] for v in json.loads(after.stdout)}
+    assert statuses == {"api_latency_p95": "pass", "api_latency_p99": "pass"}, statuses
+
+
+def test_ctrl_c_stops_the_demo_and_removes_its_processes_database_and_keys(stack: Stack) -> None:
+    demo = stack.demo
+    tree = demo.processes()
+    assert len(tree) >= 5, [p.cmdline() for p in tree]  # runner, app, worker, their children
+    stack.stop_traffic.set()
+    demo.process.send_signal(signal.SIGINT)  # the runner only: it must stop the others
+    try:
+        code = demo.process.wait(90)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the demo did not stop:\n{demo.output()[-3000:]}") from None
+    assert code == 0, demo.output()[-3000:]
+    assert "stopping" in demo.output()
+    _, alive = psutil.wait_procs(tree, timeout=10)
+    assert not alive, [p.cmdline() for p in alive]
+    with psycopg.connect(POSTGRES_ADMIN_URL) as connection:
+        left = connection.execute(
+            "SELECT count(*) FROM pg_database WHERE datname = %s", (demo.database,)
+        ).fetchone()
+    assert left == (0,), demo.database
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{demo.key_prefix}:*", count=1000))
+    finally:
+        client.close()
+    assert not keys, keys[:5]
