@@ -81,7 +81,7 @@ class DemoOptions:
 
         Fewer when quick; otherwise warmup.py's (every ticker's analysis).
         """
-        return (50, 100) if self.quick else warm_sizes()
+        return (200, 100) if self.quick else warm_sizes()
 
     def modes(self) -> tuple[str, ...]:
         """The modes to run, in order."""
