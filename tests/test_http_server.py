@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 
 from stackwatch.requestid import printable
 from tests.support.uvicorn_server import Server, run_uvicorn
@@ -268,3 +269,47 @@ def test_heap_is_frozen_once_the_app_has_started(server: Server, tmp_path: Any) 
     assert httpx.get(f"{server.url}/gc-frozen").json()["frozen"] > 10_000
     with run_uvicorn(tmp_path, env={"STACKWATCH_GC_FREEZE": "false"}) as unfrozen:
         assert httpx.get(f"{unfrozen.url}/gc-frozen").json()["frozen"] == 0
+
+
+def test_sampling_at_a_ratio_keeps_trace_ids_on_every_request_and_spans_of_the_sampled(
+    tmp_path: Any,
+) -> None:
+    """Under a ratio, unsampled requests take stackwatch's root-span shortcut (traces.RootSpans).
+
+    Every request still gets a trace id in its access line; exactly the requests whose
+    trace id the ratio samples (low 64 bits under ratio x 2**64, as the SDK decides)
+    have a server span, with its attributes, and no other request has one.
+    """
+    with run_uvicorn(tmp_path, env={"OTEL_TRACES_SAMPLER_ARG": "0.5"}) as ratio_server:
+        ids = [f"ratio-{n}" for n in range(60)]
+        with httpx.Client(base_url=ratio_server.url) as client:
+            for value in ids:
+                response = client.get("/items/7", headers={"X-Request-ID": value})
+                assert response.status_code == 200
+        access = {
+            line["request_id"]: line
+            for value in ids
+            for line in lines_with_request_id(ratio_server, value)
+            if line["event"] == "request"
+        }
+        exported = {
+            span["attributes"]["request.id"]: span
+            for span in spans(ratio_server)
+            if span["kind"] == "SERVER" and span["attributes"]["request.id"] in ids
+        }
+    assert set(access) == set(ids)
+    bound = TraceIdRatioBased.get_bound_for_rate(0.5)
+    sampled = {
+        value
+        for value, line in access.items()
+        if int(line["trace_id"], 16) & TraceIdRatioBased.TRACE_ID_LIMIT < bound
+    }
+    assert 0 < len(sampled) < len(ids)
+    assert set(exported) == sampled
+    for value in sampled:
+        span = exported[value]
+        assert span["trace_id"] == access[value]["trace_id"]
+        assert span["name"] == "GET /items/{item_id}"
+        assert span["attributes"]["url.path"] == "/items/7"
+        assert span["attributes"]["http.route"] == "/items/{item_id}"
+    assert len({line["trace_id"] for line in access.values()}) == len(ids)

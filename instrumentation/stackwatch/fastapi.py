@@ -70,6 +70,7 @@ from stackwatch.requestid import (
 )
 from stackwatch.scope import WorkScope, close_scope, open_scope
 from stackwatch.settings import get_settings
+from stackwatch.traces import RootSpans
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -367,8 +368,9 @@ class HttpTelemetryMiddleware:
         # span up again); the exemplar reuses the trace id.
         ids: dict[str, str] = {}
         if span_context.is_valid:
-            ids["trace_id"] = format(span_context.trace_id, "032x")
-            ids["span_id"] = format(span_context.span_id, "016x")
+            # W3C hex, as format(id, "032x") writes it, in a third of the time.
+            ids["trace_id"] = span_context.trace_id.to_bytes(16).hex()
+            ids["span_id"] = span_context.span_id.to_bytes(8).hex()
         exemplar = None
         if span.is_recording():
             attributes: dict[str, Any] = {"http.response.status_code": status}
@@ -462,7 +464,23 @@ def _server_span(
         current.set_attribute("request.id", current_id)
         return current, None
     parent = _parent_context(scope["headers"])
-    # The attributes a sampler may decide on go in at the start, as the conventions ask.
+    arguments = (scope, method, original_method, current_id)
+    roots = _root_spans() if parent is _NO_PARENT else None
+    if roots is not None:
+        span = roots.start(span_method, SpanKind.SERVER, _span_attributes, *arguments)
+    else:
+        attributes = _span_attributes(*arguments)
+        span = _tracer.start_span(
+            span_method, context=parent, kind=SpanKind.SERVER, attributes=attributes
+        )
+    token = otel_context.attach(trace.set_span_in_context(span, parent))
+    return span, token
+
+
+def _span_attributes(
+    scope: Scope, method: str, original_method: str, current_id: str
+) -> dict[str, Any]:
+    """The server span's attributes at its start, where a sampler may decide on them."""
     attributes: dict[str, Any] = {
         "http.request.method": method,
         "url.path": scope["path"],
@@ -473,11 +491,22 @@ def _server_span(
         attributes["http.request.method_original"] = printable(original_method, 32)
     if scope.get("http_version"):
         attributes["network.protocol.version"] = scope["http_version"]
-    span = _tracer.start_span(
-        span_method, context=parent, kind=SpanKind.SERVER, attributes=attributes
-    )
-    token = otel_context.attach(trace.set_span_in_context(span, parent))
-    return span, token
+    return attributes
+
+
+# The tracer provider in force and its root-span shortcut (None where it does not apply).
+_roots: tuple[object, RootSpans | None] = (None, None)
+
+
+def _root_spans() -> RootSpans | None:
+    """``RootSpans`` for the global tracer provider, built again when the provider changes."""
+    global _roots
+    provider = trace.get_tracer_provider()
+    known, roots = _roots
+    if provider is not known:
+        roots = RootSpans.for_provider(provider, _tracer)
+        _roots = (provider, roots)
+    return roots
 
 
 def _error_type(error: BaseException) -> str:
