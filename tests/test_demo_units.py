@@ -28,7 +28,7 @@ from stackwatch.demo.analysis import (
 from stackwatch.demo.data import generate, trading_days
 from stackwatch.demo.measure import PhaseResult
 from stackwatch.demo.report import build_gates, failed, short_of_margin, write_json
-from stackwatch.demo.runner import DemoOptions
+from stackwatch.demo.runner import DemoOptions, Target, service_environment
 from stackwatch.demo.service import AnalysisPool
 from stackwatch.demo.vcp import VcpRule, contraction_path, detect
 from stackwatch.demo.warmup import WARM_ANALYSES, WARM_TICKERS, warm_sizes
@@ -289,3 +289,17 @@ def test_warm_up_sizes_are_one_constant_for_app_task_and_runner(
     monkeypatch.setenv("STACKWATCH_DEMO_WARM_TICKERS", "lots")
     with pytest.raises(stackwatch.SettingsError, match="STACKWATCH_DEMO_WARM_TICKERS"):
         warm_sizes()
+
+
+def test_service_environment_keeps_the_warm_up_sizes_a_user_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The runner sets the services' variables in its own process too (as a Celery
+    producer): the defaults must not overwrite sizes the user asked for."""
+    target = Target("postgresql://a/b", "postgresql://a/c", "redis://r", "p", False, tmp_path)
+    monkeypatch.setenv("STACKWATCH_DEMO_WARM_ANALYSES", "1000")
+    monkeypatch.delenv("STACKWATCH_DEMO_WARM_TICKERS", raising=False)
+    environment = service_environment(target, "optimized")
+    assert environment["STACKWATCH_DEMO_WARM_ANALYSES"] == "1000"
+    assert environment["STACKWATCH_DEMO_WARM_TICKERS"] == str(WARM_TICKERS)
+    assert service_environment(target, "optimized", (7, 8))["STACKWATCH_DEMO_WARM_ANALYSES"] == "8"

@@ -39,7 +39,7 @@ from stackwatch.demo import measure, report, schema, workload
 from stackwatch.demo.embedded import embedded_servers, free_port
 from stackwatch.demo.faults import FAULTS_PATH
 from stackwatch.demo.measure import PhaseResult, StepTimes
-from stackwatch.demo.warmup import WARM_ANALYSES, WARM_TICKERS, warm_sizes
+from stackwatch.demo.warmup import warm_sizes
 
 MODES = ("baseline", "optimized")
 READY_TIMEOUT_S = 180.0
@@ -204,15 +204,17 @@ def seed(target: Target, scale: float, seed_value: int, console: Console) -> dem
 def service_environment(
     target: Target,
     mode: str,
-    warm: tuple[int, int] = (WARM_TICKERS, WARM_ANALYSES),
+    warm: tuple[int, int] | None = None,
     faults: bool = False,
 ) -> dict[str, str]:
     """Environment of the app and worker processes for ``mode``.
 
-    ``warm`` is how many popular tickers, and how many of their analyses, the
-    optimized app warms before it reports ready. ``faults`` enables the app's
+    ``warm`` is how many popular tickers the optimized app warms before it reports
+    ready, and how many analyses the nightly batch computes (default: warmup.py's,
+    or the STACKWATCH_DEMO_WARM_* variables when set). ``faults`` enables the app's
     latency-fault routes; only this argument does (an inherited variable does not).
     """
+    warm = warm or warm_sizes()
     environment = dict(os.environ)
     environment.update(
         {
@@ -274,7 +276,7 @@ def start_services(
     target: Target,
     mode: str,
     port: int | None = None,
-    warm: tuple[int, int] = (WARM_TICKERS, WARM_ANALYSES),
+    warm: tuple[int, int] | None = None,
     worker_port: int | None = None,
     faults: bool = False,
 ) -> Services:
@@ -287,7 +289,7 @@ def launch_services(
     target: Target,
     mode: str,
     port: int | None = None,
-    warm: tuple[int, int] = (WARM_TICKERS, WARM_ANALYSES),
+    warm: tuple[int, int] | None = None,
     worker_port: int | None = None,
     faults: bool = False,
 ) -> Services:
