@@ -79,7 +79,7 @@ class DemoOptions:
     def warm_up(self) -> tuple[int, int]:
         """Popular tickers the optimized app warms, analyses the nightly batch computes.
 
-        Fewer when quick; otherwise warmup.py's (every ticker's analysis).
+        Fewer when quick; otherwise warmup.py's.
         """
         return (200, 100) if self.quick else warm_sizes()
 

@@ -587,9 +587,9 @@ async def warm_start(ranked: list[str], tickers: int) -> dict[str, float]:
 
     Company info and signals of every ticker (they live 10 min to 1 h) first, then
     the details and charts of the ``tickers`` most popular: prices live 30 s, so
-    they come last. Analyses are not warmed here: every ticker's is computed by the
-    nightly batch on the worker (tasks.analyse_chunk), not at each start of each
-    web process.
+    they come last. Analyses are not warmed here: the popular tickers' are computed
+    by the nightly batch on the worker (tasks.analyse_chunk), not at each start of
+    each web process.
     """
     started = time.perf_counter()
     await warm_long_lived(ranked)
