@@ -8,7 +8,6 @@ process, database or key behind.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
@@ -27,13 +26,12 @@ import redis
 from typer.testing import CliRunner
 
 from stackwatch.cli import app as cli
-from stackwatch.demo import data as demo_data
-from stackwatch.demo import schema
 from stackwatch.demo.faults import FAULTS_PATH, MAX_DELAY_S
-from stackwatch.demo.runner import Services, Target, purge_prefix, start_services
+from stackwatch.demo.runner import Services, Target, start_services
 from stackwatch.demo.workload import DETAIL, SIGNALS, scrape
 from tests.conftest import POSTGRES_ADMIN_URL, REDIS_URL, free_port
 from tests.support.bytecode import with_bytecode_cache
+from tests.support.demo_target import seeded_target
 
 SLOW_S = 2.0  # far above what any route takes here, so a delayed request stands out
 
@@ -78,21 +76,8 @@ def test_serve_flags_need_serve_and_ports_of_their_own() -> None:
 
 @pytest.fixture
 def seeded(pg_url: str, redis_prefix: str, tmp_path: Path) -> Iterator[tuple[Target, list[str]]]:
-    schema.migrate(pg_url, schema.SCHEMA_REVISION)
-    dataset = demo_data.generate(0.01)
-    asyncio.run(demo_data.load(pg_url, dataset))
-    yield (
-        Target(
-            admin_url=POSTGRES_ADMIN_URL,
-            database_url=pg_url,
-            redis_url=REDIS_URL,
-            prefix=redis_prefix,
-            embedded=False,
-            work_dir=tmp_path,
-        ),
-        dataset.by_popularity(),
-    )
-    purge_prefix(REDIS_URL, redis_prefix)
+    with seeded_target(pg_url, redis_prefix, tmp_path, scale=0.01) as seeded:
+        yield seeded
 
 
 def _timed_get(url: str) -> float:

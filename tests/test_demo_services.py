@@ -15,9 +15,9 @@ import pytest
 
 from stackwatch.demo import data as demo_data
 from stackwatch.demo import schema
-from stackwatch.demo.runner import Target, purge_prefix, start_services
+from stackwatch.demo.runner import Target, start_services
 from stackwatch.demo.workload import scrape
-from tests.conftest import POSTGRES_ADMIN_URL, REDIS_URL
+from tests.support.demo_target import seeded_target
 
 pytestmark = pytest.mark.integration
 
@@ -61,19 +61,8 @@ def test_migrations_create_and_roll_back_the_plan_indexes_concurrently(pg_url: s
 
 @pytest.fixture
 def seeded(pg_url: str, redis_prefix: str, tmp_path: Path) -> Iterator[tuple[Target, list[str]]]:
-    schema.migrate(pg_url, schema.SCHEMA_REVISION)
-    dataset = demo_data.generate(0.02)
-    asyncio.run(demo_data.load(pg_url, dataset))
-    target = Target(
-        admin_url=POSTGRES_ADMIN_URL,
-        database_url=pg_url,
-        redis_url=REDIS_URL,
-        prefix=redis_prefix,
-        embedded=False,
-        work_dir=tmp_path,
-    )
-    yield target, dataset.by_popularity()
-    purge_prefix(REDIS_URL, redis_prefix)
+    with seeded_target(pg_url, redis_prefix, tmp_path, scale=0.02) as seeded:
+        yield seeded
 
 
 def _n_plus_one(base_url: str, path: str) -> float:

@@ -1,0 +1,39 @@
+"""A seeded demo database on the machine's PostgreSQL, for tests that start demo services."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from stackwatch.demo import data as demo_data
+from stackwatch.demo import schema
+from stackwatch.demo.runner import Target, purge_prefix
+from tests.conftest import POSTGRES_ADMIN_URL, REDIS_URL
+
+
+@contextmanager
+def seeded_target(
+    pg_url: str, redis_prefix: str, work_dir: Path, scale: float
+) -> Iterator[tuple[Target, list[str]]]:
+    """``pg_url`` migrated and seeded at ``scale``: the demo Target and tickers by popularity.
+
+    The Redis keys under ``redis_prefix`` are purged afterwards; the database is the
+    caller's (the ``pg_url`` fixture drops it).
+    """
+    schema.migrate(pg_url, schema.SCHEMA_REVISION)
+    dataset = demo_data.generate(scale)
+    asyncio.run(demo_data.load(pg_url, dataset))
+    target = Target(
+        admin_url=POSTGRES_ADMIN_URL,
+        database_url=pg_url,
+        redis_url=REDIS_URL,
+        prefix=redis_prefix,
+        embedded=False,
+        work_dir=work_dir,
+    )
+    try:
+        yield target, dataset.by_popularity()
+    finally:
+        purge_prefix(REDIS_URL, redis_prefix)
