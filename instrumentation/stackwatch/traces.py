@@ -9,7 +9,6 @@ so a dead collector shows up on a dashboard instead of in the app's latency.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -209,8 +208,8 @@ class RootSpans:
             or probe_context.trace_id != probe_id
             or probe_context.trace_state
         ):
-            # A tracer switched off, a sampler that records dropped spans: the SDK decides.
-            probe.end()
+            # A tracer switched off, a sampler that records dropped spans: the SDK
+            # decides. A recording probe is left unended, so that it is never exported.
             return None
         return cls(tracer, ids, bound, probe_context.trace_flags)
 
@@ -222,17 +221,13 @@ class RootSpans:
         *arguments: Any,
     ) -> Span:
         """A root span named ``name``; ``attributes(*arguments)`` is called for sampled ones."""
-        # Drawn as RandomIdGenerator draws them (the SDK's default), without the
-        # generator's preset check: that is for the sampled spans below.
-        trace_id = random.getrandbits(128)
-        while not trace_id:
-            trace_id = random.getrandbits(128)
-        if trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= self._bound:
-            span_id = random.getrandbits(64)
-            while not span_id:
-                span_id = random.getrandbits(64)
-            return NonRecordingSpan(SpanContext(trace_id, span_id, False, self._unsampled_flags))
         ids = self._ids
+        # The SDK's own draw, without this generator's preset check (that is for the
+        # sampled spans below).
+        trace_id = RandomIdGenerator.generate_trace_id(ids)
+        if trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= self._bound:
+            context = SpanContext(trace_id, ids.generate_span_id(), False, self._unsampled_flags)
+            return NonRecordingSpan(context)
         ids.preset_trace_id(trace_id)
         try:
             return self._tracer.start_span(

@@ -371,40 +371,54 @@ def wait_until_ready(services: Services, target: Target, mode: str) -> Services:
 
 
 def _wait_until_ready(services: Services, logs: Path, mode: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    # One client: httpx.get builds an SSL context per call (~60 ms of CPU), which
-    # polling would take from the app warming up on the same cores.
-    with httpx.Client(timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            for name, process in (("app", services.app), ("worker", services.worker)):
-                if process.poll() is not None:
-                    tail = (logs / f"{name}-{mode}.log").read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"the demo {name} ({mode}) exited at start-up:\n{tail}")
-            with contextlib.suppress(httpx.HTTPError):
-                if client.get(f"{services.base_url}/healthz").status_code == 200:
-                    return
-            time.sleep(0.3)
-    raise RuntimeError(
-        f"the demo app ({mode}) did not answer /healthz within {READY_TIMEOUT_S:.0f}s"
+    _wait_for(
+        f"{services.base_url}/healthz",
+        {"app": services.app, "worker": services.worker},
+        logs,
+        mode,
+        f"the demo app ({mode}) did not answer /healthz within {READY_TIMEOUT_S:.0f}s",
     )
 
 
 def wait_for_worker_metrics(services: Services, logs: Path, mode: str) -> None:
     """Return once the worker serves /metrics (it starts serving when it is ready)."""
+    _wait_for(
+        services.worker_metrics_url,
+        {"worker": services.worker},
+        logs,
+        mode,
+        f"the demo worker ({mode}) did not serve {services.worker_metrics_url} within "
+        f"{READY_TIMEOUT_S:.0f}s: is its port taken? (log: {logs / f'worker-{mode}.log'})",
+    )
+
+
+def _wait_for(
+    url: str,
+    processes: dict[str, subprocess.Popen[bytes]],
+    logs: Path,
+    mode: str,
+    timed_out: str,
+) -> None:
+    """Poll ``url`` until it answers 200; fail with a process's log tail if one exits."""
     deadline = time.monotonic() + READY_TIMEOUT_S
+    # One client: httpx.get builds an SSL context per call (~60 ms of CPU), which
+    # polling would take from the app warming up on the same cores.
     with httpx.Client(timeout=2.0) as client:
         while time.monotonic() < deadline:
-            if services.worker.poll() is not None:
-                tail = (logs / f"worker-{mode}.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"the demo worker ({mode}) exited at start-up:\n{tail}")
+            for name, process in processes.items():
+                if process.poll() is not None:
+                    tail = _log_tail(logs, name, mode)
+                    raise RuntimeError(f"the demo {name} ({mode}) exited at start-up:\n{tail}")
             with contextlib.suppress(httpx.HTTPError):
-                if client.get(services.worker_metrics_url).status_code == 200:
+                if client.get(url).status_code == 200:
                     return
             time.sleep(0.3)
-    raise RuntimeError(
-        f"the demo worker ({mode}) did not serve {services.worker_metrics_url} within "
-        f"{READY_TIMEOUT_S:.0f}s: is its port taken? (log: {logs / f'worker-{mode}.log'})"
-    )
+    raise RuntimeError(timed_out)
+
+
+def _log_tail(logs: Path, name: str, mode: str) -> str:
+    """The last 2,000 characters of the ``name`` process's log (app or worker)."""
+    return (logs / f"{name}-{mode}.log").read_text(errors="replace")[-2000:]
 
 
 def busy_ports(ports: dict[str, int]) -> list[str]:
@@ -419,6 +433,13 @@ def busy_ports(ports: dict[str, int]) -> list[str]:
             except OSError:
                 busy.append(f"{flag} {port}")
     return busy
+
+
+def create_plan_indexes(target: Target) -> None:
+    """Migration 0002 (the plan's indexes, CONCURRENTLY), then ANALYZE for the planner."""
+    schema.migrate(target.database_url, schema.PLAN_INDEXES_REVISION)
+    with psycopg.connect(target.database_url, autocommit=True) as connection:
+        connection.execute("ANALYZE")
 
 
 def _celery_app(target: Target, mode: str) -> Any:
@@ -439,23 +460,12 @@ async def _load_phase(
     options: DemoOptions,
     result: PhaseResult,
     reads: bool,
+    console: Console,
 ) -> None:
     before = await workload.read_metrics(f"{services.base_url}/metrics")
     reads_before = measure.statement_reads(target.database_url) if reads else None
-    refresher: asyncio.Task[None] | None = None
-    if mode == "optimized":
-        tasks = _celery_app(target, mode)
-
-        async def refresh() -> None:
-            # The app warmed prices (30 s) in the seconds before it reported ready:
-            # the first refresh is due before those expire, then every 20 s.
-            await asyncio.sleep(REFRESH_EVERY_S / 2)
-            while True:
-                await asyncio.to_thread(tasks.refresh_cache.apply_async)
-                await asyncio.sleep(REFRESH_EVERY_S)
-
-        refresher = asyncio.create_task(refresh())
-    try:
+    refreshing = refreshing_cache(target, mode, console) if mode == "optimized" else None
+    with refreshing or contextlib.nullcontext():
         load = await workload.run_load(
             services.base_url,
             tickers,
@@ -463,11 +473,6 @@ async def _load_phase(
             options.effective_duration(),
             seed=options.seed,
         )
-    finally:
-        if refresher is not None:
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
     after = await workload.read_metrics(f"{services.base_url}/metrics")
     if reads_before is not None:
         reads_after = measure.statement_reads(target.database_url)
@@ -570,9 +575,7 @@ def run_phase(
     times = times or StepTimes()
     if mode == "optimized":
         console.print("[bold]optimized[/]: creating the plan's indexes CONCURRENTLY")
-        schema.migrate(target.database_url, schema.PLAN_INDEXES_REVISION)
-        with psycopg.connect(target.database_url, autocommit=True) as connection:
-            connection.execute("ANALYZE")
+        create_plan_indexes(target)
         times.lap(f"{mode} indexes")
     purge_prefix(target.redis_url, f"{target.prefix}:cache")
     result = PhaseResult(mode=mode)
@@ -597,7 +600,7 @@ def run_phase(
             f"[bold]{mode}[/]: {options.effective_users()} users for "
             f"{options.effective_duration():.0f}s on {services.base_url}"
         )
-        asyncio.run(_load_phase(services, target, mode, tickers, options, result, reads))
+        asyncio.run(_load_phase(services, target, mode, tickers, options, result, reads, console))
         times.lap(f"{mode} load")
         console.print(f"[bold]{mode}[/]: VCP scan of {len(tickers)} tickers")
         _scan_phase(services, target, mode, tickers, result)
@@ -704,15 +707,17 @@ def run_serve(options: DemoOptions, console: Console | None = None) -> int:
     with _terminate_as_interrupt(), demo_target(console) as target:
         seed(target, options.effective_scale(), options.seed, console)
         if mode == "optimized":
-            schema.migrate(target.database_url, schema.PLAN_INDEXES_REVISION)
-            with psycopg.connect(target.database_url, autocommit=True) as connection:
-                connection.execute("ANALYZE")
+            create_plan_indexes(target)
         return serve(target, options, console)
 
 
 @contextlib.contextmanager
 def refreshing_cache(target: Target, mode: str, console: Console) -> Iterator[None]:
-    """Publish ``refresh_cache`` every REFRESH_EVERY_S (first after half), as beat would."""
+    """Publish ``refresh_cache`` every REFRESH_EVERY_S, as beat would.
+
+    The app warmed prices (30 s) in the seconds before it reported ready: the first
+    refresh is due before those expire (after half the interval), then every 20 s.
+    """
     tasks = _celery_app(target, mode)
     stop = threading.Event()
 
@@ -751,19 +756,13 @@ def serve(target: Target, options: DemoOptions, console: Console) -> int:
     try:
         wait_for_worker_metrics(services, target.work_dir, mode)
         _print_serving(console, services, target, mode, options.fault_injection)
-        with contextlib.ExitStack() as stack:
-            if mode == "optimized":
-                stack.enter_context(refreshing_cache(target, mode, console))
+        refreshing = refreshing_cache(target, mode, console) if mode == "optimized" else None
+        with refreshing or contextlib.nullcontext():
             while services.app.poll() is None and services.worker.poll() is None:
                 time.sleep(0.5)
-        name, log = (
-            ("app", f"app-{mode}.log")
-            if services.app.poll() is not None
-            else ("worker", f"worker-{mode}.log")
-        )
-        tail = (target.work_dir / log).read_text(errors="replace")[-2000:]
+        name = "app" if services.app.poll() is not None else "worker"
         console.print(f"[red]the demo {name} exited; stopping[/]")
-        console.print(tail, markup=False, highlight=False)
+        console.print(_log_tail(target.work_dir, name, mode), markup=False, highlight=False)
         return 1
     except KeyboardInterrupt:
         console.print("stopping: app and worker, then the demo data")
