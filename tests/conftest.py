@@ -35,6 +35,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def distinct_free_ports(count: int) -> list[int]:
+    """``count`` different free ports (free_port alone may hand out one port twice)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 @pytest.fixture(scope="session")
 def _global_tracer_provider() -> TracerProvider:
     # The global provider can be set once per process, so the test session owns it.

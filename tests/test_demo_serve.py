@@ -13,7 +13,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,9 +28,9 @@ from stackwatch.cli import app as cli
 from stackwatch.demo.faults import FAULTS_PATH, MAX_DELAY_S
 from stackwatch.demo.runner import Services, Target, start_services
 from stackwatch.demo.workload import DETAIL, SIGNALS, scrape
-from tests.conftest import POSTGRES_ADMIN_URL, REDIS_URL, free_port
+from tests.conftest import POSTGRES_ADMIN_URL, REDIS_URL, distinct_free_ports
 from tests.support.bytecode import with_bytecode_cache
-from tests.support.demo_target import seeded_target
+from tests.support.demo_target import seeded_target, serve_command
 
 SLOW_S = 2.0  # far above what any route takes here, so a delayed request stands out
 
@@ -161,26 +160,10 @@ def _demo_tree(pid: int) -> list[psutil.Process]:
 def test_serve_without_comparing_serves_until_sigterm_and_leaves_nothing_behind(
     tmp_path: Path,
 ) -> None:
-    port, worker_port = free_port(), free_port()
-    while worker_port == port:
-        worker_port = free_port()
+    port, worker_port = distinct_free_ports(2)
     log = tmp_path / "demo.log"
     demo = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "stackwatch.cli",
-            "demo",
-            "--serve",
-            "--no-compare",
-            "--quick",
-            "--scale",
-            "0.02",
-            "--port",
-            str(port),
-            "--worker-metrics-port",
-            str(worker_port),
-        ],
+        serve_command(0.02, port, worker_port),
         env={
             **os.environ,
             "DATABASE_URL": POSTGRES_ADMIN_URL,

@@ -44,10 +44,11 @@ import yaml
 from stackwatch import alertmanager, dashboards, slo
 from stackwatch.demo.data import generate
 from stackwatch.demo.faults import FAULTS_PATH
-from stackwatch.demo.runner import DemoOptions
+from stackwatch.demo.runner import DemoOptions, purge_prefix
 from stackwatch.render import E2E_RULES_DIR, dump_yaml
-from tests.conftest import POSTGRES_ADMIN_URL, REDIS_URL, free_port
+from tests.conftest import POSTGRES_ADMIN_URL, REDIS_URL, distinct_free_ports
 from tests.support.bytecode import with_bytecode_cache
+from tests.support.demo_target import serve_command
 
 pytestmark = [
     pytest.mark.integration,
@@ -87,16 +88,6 @@ def wait_for(
             return value
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} ({last_error})")
-
-
-def distinct_free_ports(count: int) -> list[int]:
-    """``count`` different free ports (free_port alone may hand out one port twice)."""
-    ports: list[int] = []
-    while len(ports) < count:
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
-    return ports
 
 
 class _Receiver(BaseHTTPRequestHandler):
@@ -313,12 +304,7 @@ def _remove_leftovers(demo: Demo) -> None:
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{demo.database}" WITH (FORCE)')
     if demo.key_prefix:
-        client = redis.Redis.from_url(REDIS_URL)
-        try:
-            for key in client.scan_iter(match=f"{demo.key_prefix}:*", count=500):
-                client.unlink(key)
-        finally:
-            client.close()
+        purge_prefix(REDIS_URL, f"{demo.key_prefix}:")
 
 
 @pytest.fixture(scope="module")
@@ -331,22 +317,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     app_port, worker_port, prometheus_port, alertmanager_port = distinct_free_ports(4)
     demo = Demo(
         _start(
-            [
-                sys.executable,
-                "-m",
-                "stackwatch.cli",
-                "demo",
-                "--serve",
-                "--no-compare",
-                "--fault-injection",
-                "--quick",
-                "--scale",
-                str(SCALE),
-                "--port",
-                str(app_port),
-                "--worker-metrics-port",
-                str(worker_port),
-            ],
+            serve_command(SCALE, app_port, worker_port, "--fault-injection"),
             work / "demo.log",
             {
                 **environment,

@@ -1,8 +1,9 @@
-"""A seeded demo database on the machine's PostgreSQL, for tests that start demo services."""
+"""Demo services for tests: a seeded demo database, and the `stackwatch demo --serve` command."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,3 +38,23 @@ def seeded_target(
         yield target, dataset.by_popularity()
     finally:
         purge_prefix(REDIS_URL, redis_prefix)
+
+
+def serve_command(scale: float, port: int, worker_port: int, *options: str) -> list[str]:
+    """``stackwatch demo --serve --no-compare --quick`` at ``scale`` on the given ports."""
+    return [
+        sys.executable,
+        "-m",
+        "stackwatch.cli",
+        "demo",
+        "--serve",
+        "--no-compare",
+        *options,
+        "--quick",
+        "--scale",
+        str(scale),
+        "--port",
+        str(port),
+        "--worker-metrics-port",
+        str(worker_port),
+    ]
