@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider, _Span
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import Decision, ParentBased, TraceIdRatioBased
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 
+from stackwatch import traces
 from stackwatch.settings import Settings
 from stackwatch.traces import (
+    DirectSpans,
     ParentBasedTraceIdRatio,
     PresetTraceIdGenerator,
     RootSpans,
@@ -80,7 +95,7 @@ def _attributes(path: str) -> dict[str, str]:
     return {"url.path": path}
 
 
-@pytest.mark.parametrize("ratio", [0.0, 0.1, 0.5])
+@pytest.mark.parametrize("ratio", [0.0, 0.1, 0.5, 1.0])
 def test_root_spans_are_the_spans_the_sdk_starts_for_the_same_trace_id(ratio: float) -> None:
     provider = _our_provider(ratio)
     tracer = provider.get_tracer("test")
@@ -107,6 +122,8 @@ def test_root_spans_are_the_spans_the_sdk_starts_for_the_same_trace_id(ratio: fl
             span.end()
     if ratio == 0:
         assert recording == 0
+    elif ratio == 1:
+        assert recording == 2000
     else:
         assert 0 < recording < 2000
 
@@ -133,14 +150,177 @@ def test_root_spans_sample_at_the_ratio_and_build_attributes_only_for_sampled_on
     assert after.get_span_context().trace_id not in {s.get_span_context().trace_id for s in spans}
 
 
-def test_root_spans_apply_only_to_stackwatch_providers_that_drop_some_roots() -> None:
+def test_root_spans_apply_only_to_stackwatch_providers() -> None:
     sdk_ids = TracerProvider(sampler=ParentBasedTraceIdRatio(0.1))  # RandomIdGenerator
     sdk_sampler = TracerProvider(
         sampler=ParentBased(TraceIdRatioBased(0.1)), id_generator=PresetTraceIdGenerator()
     )
-    for provider in (sdk_ids, sdk_sampler, _our_provider(1.0), trace.NoOpTracerProvider()):
+    for provider in (sdk_ids, sdk_sampler, trace.NoOpTracerProvider()):
         assert RootSpans.for_provider(provider, provider.get_tracer("test")) is None
-    ours = _our_provider(0.1)
-    assert RootSpans.for_provider(ours, ours.get_tracer("test")) is not None
+    for ratio in (0.1, 1.0):
+        ours = _our_provider(ratio)
+        assert RootSpans.for_provider(ours, ours.get_tracer("test")) is not None
     # The SDK's answer is checked: a tracer that does not draw from this generator is refused.
     assert RootSpans.for_provider(ours, _our_provider(0.1).get_tracer("test")) is None
+
+
+# --- DirectSpans: sampled spans started without Tracer.start_span, exported the same
+
+
+def _exported_provider(sampler: object) -> tuple[TracerProvider, InMemorySpanExporter]:
+    provider = TracerProvider(
+        sampler=sampler,  # type: ignore[arg-type]
+        id_generator=PresetTraceIdGenerator(),
+        resource=Resource.create({"service.name": "direct-spans"}),
+    )
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+def _as_exported(span: ReadableSpan) -> dict[str, object]:
+    """Everything an exporter reads of a span, but the span id and the clock."""
+    return {
+        "name": span.name,
+        "kind": span.kind,
+        "trace_id": span.context.trace_id,
+        "flags": span.context.trace_flags,
+        "state": span.context.trace_state,
+        "remote": span.context.is_remote,
+        "parent": span.parent,
+        "attributes": dict(span.attributes or {}),
+        "events": [(event.name, dict(event.attributes or {})) for event in span.events],
+        "links": list(span.links),
+        "status": (span.status.status_code, span.status.description),
+        "resource": span.resource.attributes,
+        "scope": span.instrumentation_scope,
+        "dropped": (span.dropped_attributes, span.dropped_events, span.dropped_links),
+        "ended_after_start": span.end_time >= span.start_time,  # type: ignore[operator]
+    }
+
+
+def _use(span: Span) -> None:
+    """What the HTTP layer does with a server span before it ends it."""
+    span.set_attributes({"http.response.status_code": 500, "http.route": "/items/{item_id}"})
+    span.update_name("GET /items/{item_id}")
+    span.record_exception(ValueError("boom"))
+    span.set_status(Status(StatusCode.ERROR))
+    span.end()
+
+
+def test_direct_root_and_child_spans_export_exactly_what_the_sdk_exports() -> None:
+    provider, exporter = _exported_provider(ParentBasedTraceIdRatio(1.0))
+    tracer = provider.get_tracer("test", "1.0")
+    direct = DirectSpans.for_tracer(tracer)
+    assert direct is not None
+    assert direct.starts_children
+    ids: PresetTraceIdGenerator = provider.id_generator  # type: ignore[assignment]
+    attributes = {"url.path": "/items/42", "request.id": "abc", "http.request.method": "GET"}
+    for _ in range(50):
+        trace_id = random.getrandbits(128) or 1
+        exporter.clear()
+        mine = direct.start_root("GET", SpanKind.SERVER, attributes, trace_id)
+        ids.preset_trace_id(trace_id)
+        theirs = tracer.start_span(
+            "GET", context=Context(), kind=SpanKind.SERVER, attributes=attributes
+        )
+        ids.preset_trace_id(0)
+        for parent in (mine, theirs):
+            parent_context = parent.get_span_context()
+            state = TraceState([("vendor", "v1")])
+            # A parent with a trace state, as a remote caller's would give it.
+            parent_context = SpanContext(
+                parent_context.trace_id,
+                parent_context.span_id,
+                False,
+                parent_context.trace_flags,
+                state,
+            )
+            child_attributes = {"db.system": "postgresql", "db.statement": "SELECT 1"}
+            my_child = direct.start_child(
+                "SELECT", SpanKind.CLIENT, child_attributes, parent_context
+            )
+            their_child = tracer.start_span(
+                "SELECT",
+                context=trace.set_span_in_context(NonRecordingSpan(parent_context)),
+                kind=SpanKind.CLIENT,
+                attributes=child_attributes,
+            )
+            my_child.end()
+            their_child.end()
+        _use(mine)
+        _use(theirs)
+        spans = exporter.get_finished_spans()
+        assert len(spans) == 6
+        children_of_mine, children_of_theirs, root_mine, root_theirs = (
+            spans[0:2],
+            spans[2:4],
+            spans[4],
+            spans[5],
+        )
+        assert _as_exported(root_mine) == _as_exported(root_theirs)
+        assert root_mine.context.span_id != root_theirs.context.span_id
+        for pair in (children_of_mine, children_of_theirs):
+            assert _as_exported(pair[0]) == _as_exported(pair[1])
+            assert pair[0].parent is not None
+
+
+def test_direct_spans_apply_only_where_the_sdk_would_start_the_same_span() -> None:
+    sdk_ids = TracerProvider(sampler=ParentBasedTraceIdRatio(1.0))  # RandomIdGenerator
+    assert DirectSpans.for_tracer(sdk_ids.get_tracer("test")) is None
+    assert DirectSpans.for_tracer(trace.NoOpTracerProvider().get_tracer("test")) is None
+    # A sampler that does not follow the parent: roots may go direct, children may not.
+    other, _ = _exported_provider(ParentBased(TraceIdRatioBased(1.0)))
+    direct = DirectSpans.for_tracer(other.get_tracer("test"))
+    assert direct is not None
+    assert not direct.starts_children
+    # Nothing is recorded: the SDK's probe is not a span, and the shortcut is refused.
+    off, _ = _exported_provider(ParentBasedTraceIdRatio(0.0))
+    assert DirectSpans.for_tracer(off.get_tracer("test")) is None
+
+
+def test_direct_spans_step_aside_when_the_sdk_builds_its_spans_differently(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A future SDK whose span constructor changed: the self-check refuses, the SDK starts spans."""
+
+    class Renamed(_Span):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["name"] = "something else"
+            super().__init__(*args, **kwargs)
+
+    provider, exporter = _exported_provider(ParentBasedTraceIdRatio(1.0))
+    monkeypatch.setattr(traces, "_Span", Renamed)
+    assert DirectSpans.for_tracer(provider.get_tracer("test")) is None
+
+    def incompatible(*args: Any, **kwargs: Any) -> None:
+        raise TypeError("unexpected keyword argument 'record_end_metrics'")
+
+    monkeypatch.setattr(traces, "_Span", incompatible)
+    assert DirectSpans.for_tracer(provider.get_tracer("test")) is None
+    roots = RootSpans.for_provider(provider, provider.get_tracer("test"))
+    assert roots is not None
+    span = roots.start("GET", SpanKind.SERVER, _attributes, "/x")
+    span.end()
+    assert [s.name for s in exporter.get_finished_spans()] == ["GET"]
+
+
+def test_the_self_check_starts_no_span_the_application_can_see() -> None:
+    started: list[str] = []
+
+    class Watching(SimpleSpanProcessor):
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            started.append(span.name)
+
+    provider = TracerProvider(
+        sampler=ParentBasedTraceIdRatio(0.5), id_generator=PresetTraceIdGenerator()
+    )
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(Watching(exporter))
+    tracer = provider.get_tracer("test")
+    roots = RootSpans.for_provider(provider, tracer)
+    assert roots is not None
+    assert DirectSpans.for_tracer(tracer) is not None
+    assert started == []
+    provider.force_flush()
+    assert exporter.get_finished_spans() == ()

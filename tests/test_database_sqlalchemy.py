@@ -10,6 +10,8 @@ import pytest
 import structlog
 from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from prometheus_client import REGISTRY
@@ -30,6 +32,7 @@ from stackwatch.requestid import bind_request_id, reset_request_id
 from stackwatch.scope import work_scope
 from stackwatch.settings import load_settings
 from stackwatch.sqltext import parse_sqlcomment
+from stackwatch.traces import ParentBasedTraceIdRatio, PresetTraceIdGenerator
 
 pytestmark = pytest.mark.integration
 
@@ -528,3 +531,58 @@ def test_statement_spans_have_contribs_name_kind_and_attributes(
     assert "net.peer.name" in expected[0][2]
     assert first == expected
     assert cached == expected
+
+
+def test_statement_spans_under_stackwatchs_provider_start_directly_and_export_the_same(
+    engine: Engine,
+) -> None:
+    """Under stackwatch's provider a sampled request's statement spans skip start_span.
+
+    The spans exported are the ones the SDK's start_span gives: same name, kind,
+    attributes, trace, flags and parent (the request's span).
+    """
+    provider = TracerProvider(
+        sampler=ParentBasedTraceIdRatio(1.0), id_generator=PresetTraceIdGenerator()
+    )
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    stackwatch.instrument_sqlalchemy(engine, settings=load_settings())
+    listeners = sw_sqlalchemy._instrumented[engine].listeners[0][1].__self__  # type: ignore[attr-defined]
+    statement_spans = listeners.spans
+    statement_spans.tracer = provider.get_tracer("opentelemetry.instrumentation.sqlalchemy")
+
+    def client_spans() -> list[tuple[Any, ...]]:
+        with (
+            provider.get_tracer("test").start_as_current_span("GET /x") as request,
+            engine.connect() as connection,
+        ):
+            connection.execute(text("SELECT name FROM authors WHERE id = :id"), {"id": 1})
+            connection.execute(text("UPDATE authors SET name = name"))
+        request_context = request.get_span_context()
+        finished = [s for s in exporter.get_finished_spans() if s.kind == trace.SpanKind.CLIENT]
+        exporter.clear()
+        assert len(finished) == 2
+        for span in finished:
+            assert span.parent is not None
+            assert span.parent.span_id == request_context.span_id
+            assert span.context.trace_id == request_context.trace_id
+        return [
+            (
+                span.name,
+                span.kind,
+                dict(span.attributes or {}),
+                span.context.trace_flags,
+                span.context.trace_state,
+                span.parent.is_remote if span.parent else None,
+                span.instrumentation_scope,
+                span.status.status_code,
+            )
+            for span in finished
+        ]
+
+    direct = client_spans()
+    assert statement_spans._direct[1] is not None  # the direct path was taken
+    statement_spans._direct = (statement_spans._direct[0], None)  # the tracer's path
+    statement_spans._direct_spans = lambda: None
+    through_the_sdk = client_spans()
+    assert direct == through_the_sdk
