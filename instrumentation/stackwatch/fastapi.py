@@ -167,13 +167,15 @@ def _duration(method: str, path: str, status: int) -> Histogram:
 class _Request:
     """What the telemetry layer learns about one request while it runs."""
 
-    __slots__ = ("method", "path", "status", "work")
+    __slots__ = ("in_progress", "method", "path", "status", "work")
 
     def __init__(self, method: str, work: WorkScope) -> None:
         self.method = method
         self.path = UNMATCHED_PATH
         self.status: int | None = None
         self.work = work
+        # The api_requests_in_progress child this request is counted in, once routed.
+        self.in_progress: Gauge | None = None
 
     def route_selected(self, template: str) -> None:
         """Count the request in progress on its route; a mount may refine the route later.
@@ -183,9 +185,10 @@ class _Request:
         """
         if template == self.path:
             return
-        if self.path != UNMATCHED_PATH:
-            _in_progress(self.method, self.path).dec()
-        _in_progress(self.method, template).inc()
+        if self.in_progress is not None:
+            self.in_progress.dec()
+        self.in_progress = _in_progress(self.method, template)
+        self.in_progress.inc()
         self.path = template
         self.work.name = template
 
@@ -386,8 +389,8 @@ class HttpTelemetryMiddleware:
             if self._exemplars and span_context.trace_flags.sampled:
                 exemplar = _exemplar_due(request.method, path, status, elapsed, ids["trace_id"])
         _duration(request.method, path, status).observe(elapsed, exemplar)
-        if path != UNMATCHED_PATH:
-            _in_progress(request.method, path).dec()
+        if request.in_progress is not None:
+            request.in_progress.dec()
         fields = {
             "method": request.method,
             "path": path,

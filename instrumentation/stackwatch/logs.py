@@ -190,7 +190,7 @@ class _JsonLines:
         if current is not None:
             fields.setdefault("request_id", current)
         # A single write of the whole line: BufferedWriter keeps concurrent lines whole.
-        self._write(orjson.dumps(fields, default=str) + b"\n")
+        self._write(orjson.dumps(fields, default=str, option=orjson.OPT_APPEND_NEWLINE))
         self._flush()
         return True
 
