@@ -7,8 +7,9 @@ instrumentation's real cost (wall time also holds the server's and other process
 share of a busy machine). Statements run in requests of 4 (below the N+1 threshold): every
 variant, bare included, runs inside the request's span with a fresh request id (what
 the HTTP layer provides); instrumented variants also open the request's unit of work,
-so the per-request closer is in the measurement. Spans go through a
-BatchSpanProcessor into a discarding exporter: the SDK's cost, not a network's.
+so the per-request closer is in the measurement. Spans come from stackwatch's provider
+as ``setup()`` builds it and go through its bounded BatchSpanProcessor into a
+discarding exporter: the SDK's cost, not a network's.
 
 Variants: bare; stackwatch defaults in a sampled request (spans + comment + metrics +
 per-request counting); without the comment; in a request that is not sampled
@@ -29,8 +30,8 @@ from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
 from sqlalchemy import Connection, TextClause, create_engine, event, text
 
@@ -38,6 +39,7 @@ import stackwatch
 from stackwatch.requestid import bind_request_id, new_request_id, reset_request_id
 from stackwatch.scope import work_scope
 from stackwatch.settings import load_settings
+from stackwatch.traces import build_span_processor, build_tracer_provider
 
 STATEMENTS = {
     "SELECT 1": text("SELECT 1"),
@@ -127,8 +129,11 @@ def main() -> None:
         if not args.only or name == "bare" or name in args.only
     }
 
-    provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(_DiscardingExporter()))
+    # stackwatch's provider as setup() builds it (resource, sampler, id generator, bounded
+    # batch processor), with an exporter that discards instead of OTLP.
+    settings = load_settings(traces_exporter="none")
+    provider = build_tracer_provider(settings)
+    provider.add_span_processor(build_span_processor(_DiscardingExporter(), settings))
     trace.set_tracer_provider(provider)
     # The requests' own spans are the HTTP layer's business: made once, reused.
     unsampled = SpanContext(0x1234, 0x5678, is_remote=True, trace_flags=TraceFlags(0))

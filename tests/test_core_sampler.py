@@ -9,7 +9,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider, _Span
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider, _Span
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import Decision, ParentBased, TraceIdRatioBased
@@ -167,11 +167,14 @@ def test_root_spans_apply_only_to_stackwatch_providers() -> None:
 # --- DirectSpans: sampled spans started without Tracer.start_span, exported the same
 
 
-def _exported_provider(sampler: object) -> tuple[TracerProvider, InMemorySpanExporter]:
+def _exported_provider(
+    sampler: object, limits: SpanLimits | None = None
+) -> tuple[TracerProvider, InMemorySpanExporter]:
     provider = TracerProvider(
         sampler=sampler,  # type: ignore[arg-type]
         id_generator=PresetTraceIdGenerator(),
         resource=Resource.create({"service.name": "direct-spans"}),
+        span_limits=limits,
     )
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -199,9 +202,13 @@ def _as_exported(span: ReadableSpan) -> dict[str, object]:
     }
 
 
-def _use(span: Span) -> None:
+def _use(span: Span, direct: DirectSpans | None = None) -> None:
     """What the HTTP layer does with a server span before it ends it."""
-    span.set_attributes({"http.response.status_code": 500, "http.route": "/items/{item_id}"})
+    attributes = {"http.response.status_code": 500, "http.route": "/items/{item_id}"}
+    if direct is None:
+        span.set_attributes(attributes)
+    else:
+        direct.set_attributes(span, attributes)
     span.update_name("GET /items/{item_id}")
     span.record_exception(ValueError("boom"))
     span.set_status(Status(StatusCode.ERROR))
@@ -248,7 +255,7 @@ def test_direct_root_and_child_spans_export_exactly_what_the_sdk_exports() -> No
             )
             my_child.end()
             their_child.end()
-        _use(mine)
+        _use(mine, direct)
         _use(theirs)
         spans = exporter.get_finished_spans()
         assert len(spans) == 6
@@ -263,6 +270,48 @@ def test_direct_root_and_child_spans_export_exactly_what_the_sdk_exports() -> No
         for pair in (children_of_mine, children_of_theirs):
             assert _as_exported(pair[0]) == _as_exported(pair[1])
             assert pair[0].parent is not None
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        SpanLimits(max_span_attribute_length=4),
+        SpanLimits(max_span_attributes=5),
+        SpanLimits(max_span_attributes=0),
+    ],
+    ids=["value length limit", "count limit", "no attributes"],
+)
+def test_direct_spans_apply_the_sdks_attribute_limits(limits: SpanLimits) -> None:
+    provider, exporter = _exported_provider(ParentBasedTraceIdRatio(1.0), limits)
+    tracer = provider.get_tracer("test")
+    direct = DirectSpans.for_tracer(tracer)
+    assert direct is not None
+    ids: PresetTraceIdGenerator = provider.id_generator  # type: ignore[assignment]
+    attributes = {"url.path": "/items/42", "request.id": "abcdef", "http.request.method": "GET"}
+    trace_id = random.getrandbits(128) or 1
+    mine = direct.start_root("GET", SpanKind.SERVER, attributes, trace_id)
+    ids.preset_trace_id(trace_id)
+    theirs = tracer.start_span(
+        "GET", context=Context(), kind=SpanKind.SERVER, attributes=attributes
+    )
+    _use(mine, direct)
+    _use(theirs)
+    mine_exported, theirs_exported = exporter.get_finished_spans()
+    assert _as_exported(mine_exported) == _as_exported(theirs_exported)
+    assert mine_exported.dropped_attributes == theirs_exported.dropped_attributes
+    if limits.max_span_attribute_length == 4:
+        assert mine_exported.attributes["url.path"] == "/ite"  # type: ignore[index]
+
+
+def test_direct_attributes_are_not_added_to_an_ended_span() -> None:
+    provider, exporter = _exported_provider(ParentBasedTraceIdRatio(1.0))
+    direct = DirectSpans.for_tracer(provider.get_tracer("test"))
+    assert direct is not None
+    span = direct.start_root("GET", SpanKind.SERVER, {"url.path": "/x"}, 12345)
+    span.end()
+    direct.set_attributes(span, {"http.route": "/late"})
+    (exported,) = exporter.get_finished_spans()
+    assert dict(exported.attributes or {}) == {"url.path": "/x"}
 
 
 def test_direct_spans_apply_only_where_the_sdk_would_start_the_same_span() -> None:

@@ -385,7 +385,11 @@ class HttpTelemetryMiddleware:
                     span.record_exception(error)
                 span.set_status(Status(StatusCode.ERROR))
                 attributes["error.type"] = _error_type(error) if error is not None else str(status)
-            span.set_attributes(attributes)
+            roots = _roots[1]
+            if roots is None:
+                span.set_attributes(attributes)
+            else:
+                roots.set_attributes(span, attributes)
             if self._exemplars and span_context.trace_flags.sampled:
                 exemplar = _exemplar_due(request.method, path, status, elapsed, ids["trace_id"])
         _duration(request.method, path, status).observe(elapsed, exemplar)

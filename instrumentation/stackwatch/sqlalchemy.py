@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import structlog
 from opentelemetry import metrics, trace
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.instrumentation.sqlalchemy.engine import (
     EngineTracer,
     _after_cur_exec,
@@ -201,9 +202,11 @@ class _StatementSpans(EngineTracer):
         self._set_db_client_span_attributes(
             collected, statement, connection.db_name, dict(connection.attributes)
         )
+        # Cleaned once here as the SDK cleans span attributes, so that spans started by
+        # DirectSpans can take them as they are.
         fields = (
             self._operation_name(connection.db_name, statement),
-            MappingProxyType(collected),
+            MappingProxyType(dict(BoundedAttributes(attributes=collected))),
         )
         if len(self._statement_fields) >= _CACHED_TEXTS:
             self._statement_fields.clear()

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace as trace_api
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider, _Span
 from opentelemetry.sdk.trace import Tracer as SdkTracer
@@ -45,7 +46,7 @@ from opentelemetry.trace import (
     Tracer,
     get_current_span,
 )
-from opentelemetry.util.types import Attributes
+from opentelemetry.util.types import Attributes, AttributeValue
 
 from stackwatch import __version__
 from stackwatch.metrics import telemetry_spans_dropped_total, telemetry_spans_exported_total
@@ -167,9 +168,17 @@ class DirectSpans:
     class, the tracer's resource, processor, limits and scope, the same flags and
     trace state) and starts it, so processors and exporters see nothing different.
 
-    The SDK's span constructor is not public API: ``for_tracer`` starts one span each
-    way with the same ids and compares them, and returns None (callers then use the
-    tracer) when they differ in anything, or when building one fails.
+    Attributes given here must already be valid attribute values (str, bool, int,
+    float, or sequences of one of those, as stackwatch builds them or as the SDK
+    cleaned them once): they are added to the span without the SDK validating each
+    value again, which is half the cost of a span with a handful of attributes. With
+    a value length limit configured (``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT``), or no
+    room left under the count limit, the SDK's own path runs.
+
+    The SDK's span constructor and attribute container are not public API:
+    ``for_tracer`` starts spans each way with the same ids and attributes, compares
+    them, and returns None (callers then use the tracer) when they differ in
+    anything, or when building one fails.
     """
 
     def __init__(self, tracer: SdkTracer, ids: IdGenerator) -> None:
@@ -213,7 +222,7 @@ class DirectSpans:
             return False
         direct = cls(copy, ids)
         name, attributes = "stackwatch.direct_spans_probe", {"stackwatch.probe": 1}
-        trace_id = ids.generate_trace_id()
+        trace_id = 1 << 64  # low 64 bits zero: under every ratio but 0
         ids.preset_trace_id(trace_id)
         try:
             theirs = copy.start_span(
@@ -224,6 +233,12 @@ class DirectSpans:
         if not isinstance(theirs, _Span):
             return False  # not recorded: nothing to start directly
         mine = direct.start_root(name, SpanKind.SERVER, attributes, trace_id)
+        later: dict[str, AttributeValue] = {
+            "stackwatch.probe.status": 200,
+            "stackwatch.probe.route": "/probe/{id}",
+        }
+        direct.set_attributes(mine, later)
+        theirs.set_attributes(later)
         if _span_fields(mine) != _span_fields(theirs):
             return False
         if not direct.starts_children:
@@ -277,7 +292,7 @@ class DirectSpans:
             parent=parent,
             sampler=tracer.sampler,
             resource=tracer.resource,
-            attributes=attributes,
+            attributes=None,
             span_processor=tracer.span_processor,
             kind=kind,
             links=(),
@@ -288,8 +303,36 @@ class DirectSpans:
                 parent, Decision.RECORD_AND_SAMPLE
             ),
         )
+        if attributes and not _add_checked_attributes(span, attributes):
+            span.set_attributes(attributes)
         span.start(parent_context=parent_context)
         return span
+
+    def set_attributes(self, span: Span, attributes: Mapping[str, AttributeValue]) -> None:
+        """``span.set_attributes(attributes)`` for attributes already valid (see the class doc)."""
+        if type(span) is not _Span or not _add_checked_attributes(span, attributes):
+            span.set_attributes(attributes)
+
+
+def _add_checked_attributes(span: _Span, attributes: Mapping[str, AttributeValue]) -> bool:
+    """Add valid attributes to ``span`` as ``set_attributes`` would, without validating them again.
+
+    False, with nothing added, where the SDK's own path must run: a value length limit
+    to apply, no room left under the attribute count limit (the SDK then evicts the
+    oldest), or a span already ended (the SDK then warns).
+    """
+    bounded = span._attributes
+    if not isinstance(bounded, BoundedAttributes) or bounded.max_value_len is not None:
+        return False
+    with span._lock:
+        if span._end_time is not None:
+            return False
+        with bounded._lock:
+            values = bounded._dict
+            if bounded.maxlen is not None and len(values) + len(attributes) > bounded.maxlen:
+                return False
+            values.update(attributes)
+    return True
 
 
 def _span_fields(span: Span) -> tuple[Any, ...]:
@@ -407,6 +450,13 @@ class RootSpans:
             )
         finally:
             ids.preset_trace_id(0)  # left set only if the SDK did not draw an id
+
+    def set_attributes(self, span: Span, attributes: Mapping[str, AttributeValue]) -> None:
+        """``span.set_attributes(attributes)``, the cheaper way for valid attributes."""
+        if self._direct is None:
+            span.set_attributes(attributes)
+        else:
+            self._direct.set_attributes(span, attributes)
 
 
 def build_sampler(settings: Settings) -> Sampler:
