@@ -299,12 +299,9 @@ class _QueryListeners:
         if shape.batched:
             return
         key = shape.normalized
-        count = scope.statements[key] + 1
-        scope.statements[key] = count
-        if count == 1:
-            scope.examples[key] = statement[:_EXAMPLE_CHARS]
-        elif count == self.nplusone_threshold:
-            scope.reported.add(key)
+        count = scope.count_statement(key, statement[:_EXAMPLE_CHARS])
+        if count == self.nplusone_threshold:
+            scope.report(key)
             trace.get_current_span().add_event(
                 "db.n_plus_one",
                 {"db.statement": key, "db.statement.count": count, "stackwatch.path": scope.name},
