@@ -9,7 +9,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider, _Span
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider, _Span, _TracerConfig
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import Decision, ParentBased, TraceIdRatioBased
@@ -301,6 +301,24 @@ def test_direct_spans_apply_the_sdks_attribute_limits(limits: SpanLimits) -> Non
     assert mine_exported.dropped_attributes == theirs_exported.dropped_attributes
     if limits.max_span_attribute_length == 4:
         assert mine_exported.attributes["url.path"] == "/ite"  # type: ignore[index]
+
+
+def test_a_tracer_switched_off_later_gets_no_direct_spans() -> None:
+    provider, exporter = _exported_provider(ParentBasedTraceIdRatio(1.0))
+    tracer = provider.get_tracer("test")
+    direct = DirectSpans.for_tracer(tracer)
+    assert direct is not None
+    tracer._set_tracer_config(_TracerConfig(is_enabled=False))  # type: ignore[attr-defined]
+    root = direct.start_root("GET", SpanKind.SERVER, {"url.path": "/x"}, 12345)
+    parent = SpanContext(12345, 678, False, TraceFlags(TraceFlags.SAMPLED))
+    child = direct.start_child("SELECT", SpanKind.CLIENT, {}, parent)
+    assert not root.is_recording()
+    assert not child.is_recording()
+    assert child.get_span_context() == parent
+    assert not root.get_span_context().is_valid
+    root.end()
+    child.end()
+    assert exporter.get_finished_spans() == ()
 
 
 def test_direct_attributes_are_not_added_to_an_ended_span() -> None:

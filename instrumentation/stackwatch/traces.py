@@ -37,6 +37,7 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
     Link,
     NonRecordingSpan,
     Span,
@@ -187,6 +188,8 @@ class DirectSpans:
         self._random_flag = TraceFlags.RANDOM_TRACE_ID if ids.is_trace_id_random() else 0
         # stackwatch's sampler samples what a sampled parent samples, with its trace state.
         self.starts_children = type(tracer.sampler) is ParentBasedTraceIdRatio
+        # A tracer can be switched off after it was made (the SDK's tracer configurator).
+        self._enabled: Callable[[], bool] = getattr(tracer, "_is_enabled", lambda: True)
 
     @classmethod
     def for_tracer(cls, tracer: Tracer) -> DirectSpans | None:
@@ -285,6 +288,9 @@ class DirectSpans:
         parent: SpanContext | None,
         parent_context: Context | None,
     ) -> Span:
+        if not self._enabled():
+            # What start_span returns for a disabled tracer: the parent's context.
+            return NonRecordingSpan(parent if parent is not None else INVALID_SPAN_CONTEXT)
         tracer = self._tracer
         span = _Span(
             name=name,
