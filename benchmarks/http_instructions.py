@@ -27,10 +27,10 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
+import http_overhead  # the benchmark app and its environment, beside this script
+
 WARM_UP_REQUESTS = 1000
 
 
@@ -84,20 +84,12 @@ async def _drive(app: Any, requests: int) -> None:
 def _serve_in_process(variant: str, requests: int) -> None:
     """The child: build the variant's app and drive it (its log lines go to /dev/null)."""
     os.environ["HTTP_OVERHEAD_VARIANT"] = variant
-    sys.path.insert(0, str(HERE))
-    import http_overhead  # the benchmark app, shared with http_overhead.py
-
     app = http_overhead.build_app()
     asyncio.run(_drive(app, requests))
 
 
 def _instructions(variant: str, requests: int) -> int:
     """Instructions callgrind counted for a whole child run."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("STACKWATCH_", "OTEL_", "PROMETHEUS_MULTIPROC"))
-    }
     command = [
         "valgrind",
         "--tool=callgrind",
@@ -109,7 +101,12 @@ def _instructions(variant: str, requests: int) -> int:
         str(requests),
     ]
     result = subprocess.run(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False
+        command,
+        env=http_overhead.clean_environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
     )
     match = re.search(r"Collected : (\d+)", result.stderr)
     if result.returncode != 0 or match is None:

@@ -130,12 +130,17 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start(variant: str, port: int) -> subprocess.Popen[bytes]:
-    env = {
+def clean_environment() -> dict[str, str]:
+    """This process's environment without settings that would change what a variant does."""
+    return {
         key: value
         for key, value in os.environ.items()
         if not key.startswith(("STACKWATCH_", "OTEL_", "PROMETHEUS_MULTIPROC"))
     }
+
+
+def _start(variant: str, port: int) -> subprocess.Popen[bytes]:
+    env = clean_environment()
     env["HTTP_OVERHEAD_VARIANT"] = variant
     command = [
         "taskset",

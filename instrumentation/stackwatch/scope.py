@@ -46,14 +46,13 @@ class WorkScope:
 
         ``example`` (the statement as sent) is kept for the first run.
         """
-        statements = self._statements
-        if statements is None:
-            statements = self._statements = {}
-            self._examples = {}
+        statements, examples = self._statements, self._examples
+        if statements is None or examples is None:
+            statements, examples = self._statements, self._examples = {}, {}
         count = statements.get(statement, 0) + 1
         statements[statement] = count
-        if count == 1 and self._examples is not None:
-            self._examples[statement] = example
+        if count == 1:
+            examples[statement] = example
         return count
 
     def report(self, statement: str) -> None:

@@ -158,8 +158,11 @@ class _StatementSpans(EngineTracer):
         if fields is None:
             fields = self._new_statement_fields(statement, connection)
         name, attributes = fields
-        direct = self._direct_spans() if parent.trace_flags.sampled else None
-        if direct is not None and not parent.is_remote:
+        if (
+            parent.trace_flags.sampled
+            and not parent.is_remote
+            and (direct := self._direct_spans()) is not None
+        ):
             context._otel_span = direct.start_child(name, trace.SpanKind.CLIENT, attributes, parent)
             return
         context._otel_span = self.tracer.start_span(
@@ -299,7 +302,7 @@ class _QueryListeners:
         if shape.batched:
             return
         key = shape.normalized
-        count = scope.count_statement(key, statement[:_EXAMPLE_CHARS])
+        count = scope.count_statement(key, statement)
         if count == self.nplusone_threshold:
             scope.report(key)
             trace.get_current_span().add_event(
@@ -575,5 +578,5 @@ def _close_scope(scope: WorkScope) -> None:
             count=scope.statements[statement],
             path=scope.name,
             kind=scope.kind,
-            example=scope.examples.get(statement, statement),
+            example=scope.examples.get(statement, statement)[:_EXAMPLE_CHARS],
         )
