@@ -11,11 +11,14 @@ so the per-request closer is in the measurement. Spans come from stackwatch's pr
 as ``setup()`` builds it and go through its bounded BatchSpanProcessor into a
 discarding exporter: the SDK's cost, not a network's.
 
-Variants: bare; stackwatch defaults in a sampled request (spans + comment + metrics +
-per-request counting); without the comment; in a request that is not sampled
-(OTEL_TRACES_SAMPLER_ARG < 1); both of those; statements outside any request (no
-span, no unit of work: start-up code, scripts) with the default and with
-``root_spans=True``. Two statements: SELECT 1 (the worst case) and a ~1 ms aggregate.
+Variants: bare; stackwatch defaults in a sampled request (span + the comment with
+request id and traceparent + metrics + per-request counting); without the comment;
+in a request that is not sampled (OTEL_TRACES_SAMPLER_ARG < 1: no span, the comment
+carries the route only); that without the comment, and with the full comment
+(STACKWATCH_SQL_COMMENTER=full); one request in ten sampled, with the default and the
+full comment; statements outside any request (no span, no unit of work: start-up
+code, scripts) with the default and with ``root_spans=True``. Two statements:
+SELECT 1 (the worst case) and a ~1 ms aggregate.
 Usage: python benchmarks/sqlalchemy_overhead.py [--url URL] [--rounds 15] [--queries 2000]
 """
 
@@ -57,8 +60,8 @@ class _DiscardingExporter(SpanExporter):
 
 class Variant(NamedTuple):
     instrumented: bool
-    commenter: bool
-    request: Literal["sampled", "unsampled", None]  # None: outside any request
+    commenter: str  # STACKWATCH_SQL_COMMENTER
+    request: Literal["sampled", "unsampled", "10pct", None]  # None: outside any request
     root_spans: bool = False
     noop_listeners: bool = False  # bare engine with listeners that do nothing
 
@@ -72,17 +75,20 @@ def _noop(*args: Any) -> None:
 
 
 VARIANTS = {
-    "bare": Variant(instrumented=False, commenter=False, request="sampled"),
+    "bare": Variant(instrumented=False, commenter="off", request="sampled"),
     "bare, no-op listeners": Variant(
-        instrumented=False, commenter=False, request="sampled", noop_listeners=True
+        instrumented=False, commenter="off", request="sampled", noop_listeners=True
     ),
-    "stackwatch defaults": Variant(instrumented=True, commenter=True, request="sampled"),
-    "no comment": Variant(instrumented=True, commenter=False, request="sampled"),
-    "request not sampled": Variant(instrumented=True, commenter=True, request="unsampled"),
-    "not sampled, no comment": Variant(instrumented=True, commenter=False, request="unsampled"),
-    "outside any request": Variant(instrumented=True, commenter=True, request=None),
+    "stackwatch defaults": Variant(instrumented=True, commenter="sampled", request="sampled"),
+    "no comment": Variant(instrumented=True, commenter="off", request="sampled"),
+    "request not sampled": Variant(instrumented=True, commenter="sampled", request="unsampled"),
+    "not sampled, no comment": Variant(instrumented=True, commenter="off", request="unsampled"),
+    "not sampled, full comment": Variant(instrumented=True, commenter="full", request="unsampled"),
+    "10 % sampled": Variant(instrumented=True, commenter="sampled", request="10pct"),
+    "10 % sampled, full comment": Variant(instrumented=True, commenter="full", request="10pct"),
+    "outside any request": Variant(instrumented=True, commenter="sampled", request=None),
     "outside, root_spans=True": Variant(
-        instrumented=True, commenter=True, request=None, root_spans=True
+        instrumented=True, commenter="sampled", request=None, root_spans=True
     ),
 }
 
@@ -96,10 +102,13 @@ def _run(
 ) -> tuple[float, float]:
     """Statements per second (wall) and CPU microseconds of this process per statement."""
     start, cpu_start = time.perf_counter(), time.process_time()
-    for _ in range(queries // PER_REQUEST):
+    for number in range(queries // PER_REQUEST):
         with contextlib.ExitStack() as stack:
             if variant.request is not None:
-                stack.enter_context(trace.use_span(parents[variant.request]))
+                kind = variant.request
+                if kind == "10pct":  # one request in ten sampled, as a 0.1 ratio gives
+                    kind = "sampled" if number % 10 == 0 else "unsampled"
+                stack.enter_context(trace.use_span(parents[kind]))
                 token = bind_request_id(new_request_id())
                 stack.callback(reset_request_id, token)
                 if variant.instrumented:

@@ -199,10 +199,12 @@ def test_sql_of_a_task_is_counted_per_task_and_commented_with_its_request_id(
 ) -> None:
     import sqlalchemy
 
+    from stackwatch.settings import load_settings
     from stackwatch.sqlalchemy import instrument_sqlalchemy, uninstrument_sqlalchemy
 
     engine = sqlalchemy.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://"))
-    instrument_sqlalchemy(engine)
+    # No recorded trace here: the default comment would carry the route only.
+    instrument_sqlalchemy(engine, settings=load_settings(sql_commenter="full"))
     sent: list[str] = []
     sqlalchemy.event.listen(engine, "after_cursor_execute", lambda *args: sent.append(str(args[2])))
 
@@ -224,6 +226,7 @@ def test_sql_of_a_task_is_counted_per_task_and_commented_with_its_request_id(
     selects = [statement for statement in sent if statement.startswith("SELECT")]
     assert selects
     assert all("request_id='from-the-web-9'" in statement for statement in selects)
+    assert all("route='t.sql'" in statement for statement in selects)
 
 
 def test_stackwatch_celery_without_arguments_prints_usage_not_a_traceback() -> None:

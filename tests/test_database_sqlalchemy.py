@@ -235,23 +235,34 @@ def test_query_duration_histogram_is_labelled_by_operation(engine: Engine) -> No
 HOSTILE_REQUEST_ID = "x'*/; DROP TABLE authors; --\n%s%(x)s"
 
 
+@pytest.mark.parametrize("mode", ["full", "sampled"])
 def test_hostile_request_id_cannot_leave_the_sql_comment(
-    engine: Engine, sent_statements: list[str], pg_url: str
+    engine: Engine, sent_statements: list[str], pg_url: str, mode: str
 ) -> None:
+    stackwatch.uninstrument_sqlalchemy(engine)
+    stackwatch.instrument_sqlalchemy(engine, settings=load_settings(sql_commenter=mode))
     token = bind_request_id(HOSTILE_REQUEST_ID)  # bypasses validation on purpose
     try:
-        with work_scope("http", "/a'b*/{id}%"), engine.connect() as connection:
+        with (
+            trace.get_tracer("test").start_as_current_span("GET /a"),
+            work_scope("http", "/a'b*/{id}%"),
+            engine.connect() as connection,
+        ):
             rows = connection.execute(text("SELECT count(*) FROM authors WHERE id > :n"), {"n": 0})
             assert rows.scalar_one() == 8
             connection.exec_driver_sql("SELECT 1").scalar_one()
     finally:
         reset_request_id(token)
 
+    assert len(sent_statements) == 2
     for sent in sent_statements:
         assert sent.count("/*") == 1
         assert sent.count("*/") == 1
         assert sent.endswith("*/")
         assert "\n" not in sent
+        fields = parse_sqlcomment(sent.replace("%%", "%"))  # as psycopg formats it
+        assert fields["request_id"] == HOSTILE_REQUEST_ID  # it was there, and stayed inside
+        assert fields["route"] == "/a'b*/{id}%"
     with psycopg.connect(pg_url) as connection:
         row = connection.execute("SELECT count(*) FROM authors").fetchone()
     assert row == (8,)
@@ -300,13 +311,101 @@ def test_sql_comment_carries_request_id_route_and_the_request_span_traceparent(
     assert parse_sqlcomment(third.replace("%%", "%"))["request_id"] == "req:43"
 
 
-def test_sql_commenter_can_be_turned_off(engine: Engine) -> None:
+@pytest.mark.parametrize("off", ["off", False])
+def test_sql_commenter_can_be_turned_off(engine: Engine, off: str | bool) -> None:
     seen: list[str] = []
-    stackwatch.instrument_sqlalchemy(engine, settings=load_settings(sql_commenter=False))
+    stackwatch.instrument_sqlalchemy(engine, settings=load_settings(sql_commenter=off))
     event.listen(engine, "after_cursor_execute", lambda *args: seen.append(args[2]))
-    with work_scope("http", "/x"), engine.connect() as connection:
-        connection.execute(text("SELECT 1"))
+    token = bind_request_id("req-off")
+    try:
+        with (
+            trace.get_tracer("test").start_as_current_span("GET /x"),
+            work_scope("http", "/x"),
+            engine.connect() as connection,
+        ):
+            connection.execute(text("SELECT 1"))
+    finally:
+        reset_request_id(token)
     assert seen == ["SELECT 1"]
+
+
+def _unsampled_requests(engine: Engine, statement: str, request_ids: list[str]) -> list[str]:
+    """One statement per request, each with its own id and an unsampled trace, on one
+    connection; returns the statements psycopg prepared on the server meanwhile.
+
+    All in one transaction: psycopg drops its prepared statements at every rollback,
+    which is how SQLAlchemy's pool returns a connection.
+    """
+    with engine.connect() as connection:
+        for number, request in enumerate(request_ids, start=1):
+            unsampled = SpanContext(
+                0xABC + number, 0xDEF, is_remote=True, trace_flags=TraceFlags(0)
+            )
+            token = bind_request_id(request)
+            try:
+                with trace.use_span(NonRecordingSpan(unsampled)), work_scope("http", "/stable"):
+                    connection.execute(text(statement), {"id": number})
+            finally:
+                reset_request_id(token)
+        rows = connection.exec_driver_sql("SELECT statement FROM pg_prepared_statements")
+        return [row[0] for row in rows]
+
+
+@pytest.mark.parametrize(
+    ("mode", "sampled", "expected"),
+    [
+        ("sampled", True, {"request_id", "route", "traceparent"}),
+        ("sampled", False, {"route"}),
+        ("full", False, {"request_id", "route", "traceparent"}),
+        ("route", True, {"route"}),
+    ],
+)
+def test_comment_modes_choose_what_the_comment_carries(
+    engine: Engine, sent_statements: list[str], mode: str, sampled: bool, expected: set[str]
+) -> None:
+    stackwatch.uninstrument_sqlalchemy(engine)
+    stackwatch.instrument_sqlalchemy(engine, settings=load_settings(sql_commenter=mode))
+    flags = TraceFlags(TraceFlags.SAMPLED if sampled else 0)
+    parent = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=flags)
+    token = bind_request_id("req-mode")
+    try:
+        with (
+            trace.get_tracer("test").start_as_current_span(
+                "GET /m", context=trace.set_span_in_context(NonRecordingSpan(parent))
+            ) as request_span,
+            work_scope("http", "/m"),
+            engine.connect() as connection,
+        ):
+            connection.execute(text("SELECT 1"))
+    finally:
+        reset_request_id(token)
+    fields = parse_sqlcomment(sent_statements[-1])
+    assert set(fields) == expected
+    if "traceparent" in fields:
+        assert fields["traceparent"] == _traceparent(request_span.get_span_context())
+        assert fields["request_id"] == "req-mode"
+
+
+def test_default_comment_keeps_unsampled_statements_one_text_so_psycopg_prepares_them(
+    engine: Engine, sent_statements: list[str]
+) -> None:
+    # psycopg prepares a text on the server after its 5th execution on a connection.
+    statement = "SELECT name FROM authors WHERE id = :id"
+    prepared = _unsampled_requests(engine, statement, [f"req-{n}" for n in range(6)])
+    assert len(set(sent_statements[:6])) == 1
+    assert parse_sqlcomment(sent_statements[0].replace("%%", "%")) == {"route": "/stable"}
+    assert prepared == [sent_statements[0].replace("%(id)s", "$1").replace("%%", "%")]
+
+
+def test_full_comment_makes_every_request_a_new_text_that_is_never_prepared(
+    engine: Engine, sent_statements: list[str]
+) -> None:
+    stackwatch.uninstrument_sqlalchemy(engine)
+    stackwatch.instrument_sqlalchemy(engine, settings=load_settings(sql_commenter="full"))
+    statement = "SELECT name FROM authors WHERE id = :id"
+    prepared = _unsampled_requests(engine, statement, [f"req-{n}" for n in range(6)])
+    assert len(set(sent_statements[:6])) == 6
+    assert prepared == []
 
 
 def test_instrumenting_twice_makes_one_span_and_uninstrument_removes_everything(
@@ -469,9 +568,8 @@ def test_unsampled_request_gets_no_db_span_but_keeps_comment_metrics_and_n_plus_
     assert spans.get_finished_spans() == ()
     assert scope.reported == {"SELECT name FROM authors WHERE id = ?"}
     assert _sample("db_query_duration_seconds_count", operation="SELECT") == before + 3
-    fields = parse_sqlcomment(sent_statements[-1].replace("%%", "%"))
-    assert fields["request_id"] == "req-unsampled"
-    assert fields["traceparent"] == f"00-{0xABC:032x}-{0xDEF:016x}-00"
+    # No recorded trace to point to: the default comment carries the route only.
+    assert parse_sqlcomment(sent_statements[-1].replace("%%", "%")) == {"route": "/unsampled"}
 
 
 def test_engine_already_traced_by_contrib_keeps_its_spans_and_gets_no_second_one(

@@ -20,6 +20,7 @@ from tests.support.process import clean_env, run_python
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://host:port", "a URL such as"),
         ("REDIS_URL", "redis://x:notaport", "a URL such as"),
         ("STACKWATCH_LOG_FORMAT", "xml", "allowed values are json, console"),
+        ("STACKWATCH_SQL_COMMENTER", "yes", "allowed values are sampled, full, route, off"),
         ("STACKWATCH_METRICS_PORT", "70000", "less than or equal to 65535"),
         ("STACKWATCH_CACHE_TTL_POLICIES", "{not json", "a JSON object"),
         ("OTEL_RESOURCE_ATTRIBUTES", "novalue", "key=value"),
@@ -77,3 +78,15 @@ def test_ttl_policies_merge_over_the_plan_defaults(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("STACKWATCH_CACHE_TTL_POLICIES", '{"price": 15, "news": 120}')
     policies = load_settings().cache_ttl_policies
     assert policies == {"price": 15, "signal": 600, "stock_info": 3600, "news": 120}
+
+
+@pytest.mark.parametrize(
+    ("value", "mode"),
+    [("route", "route"), ("FULL", "full"), ("true", "full"), ("1", "full"), ("False", "off")],
+)
+def test_sql_commenter_takes_a_mode_or_the_booleans_of_earlier_releases(
+    monkeypatch: pytest.MonkeyPatch, value: str, mode: str
+) -> None:
+    assert load_settings().sql_commenter == "sampled"
+    monkeypatch.setenv("STACKWATCH_SQL_COMMENTER", value)
+    assert load_settings().sql_commenter == mode

@@ -35,6 +35,13 @@ SamplerName = Literal[
 LogFormat = Literal["json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 NPlusOneMode = Literal["warn", "raise", "off"]
+# What the sqlcommenter comment carries (see sqlalchemy.py): the route always; the
+# request id and traceparent on statements of a sampled trace ("sampled") or on all
+# statements ("full"). Per-request values make each request's statements new texts
+# for the driver and the server, so they cost prepared statements and cached plans.
+SqlCommenterMode = Literal["sampled", "full", "route", "off"]
+# The boolean spellings of earlier releases: true meant the full comment.
+_SQL_COMMENTER_BOOLEANS = {"true": "full", "1": "full", "false": "off", "0": "off"}
 
 DEFAULT_TTL_POLICIES: dict[str, int] = {"price": 30, "signal": 600, "stock_info": 3600}
 
@@ -147,7 +154,7 @@ class Settings(BaseSettings):
     log_sql_parameters: bool = False
     nplusone: NPlusOneMode = "warn"
     nplusone_threshold: int = Field(default=5, ge=2)
-    sql_commenter: bool = True
+    sql_commenter: SqlCommenterMode = "sampled"
 
     # --- cache ---
     redis_url: str | None = Field(
@@ -200,6 +207,16 @@ class Settings(BaseSettings):
     def _metrics_path(cls, value: str) -> str:
         if not value.startswith("/"):
             raise ValueError("a path starting with '/'")
+        return value
+
+    @field_validator("sql_commenter", mode="before")
+    @classmethod
+    def _sql_commenter(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return "full" if value else "off"
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            return _SQL_COMMENTER_BOOLEANS.get(lowered, lowered)
         return value
 
     @field_validator("cache_ttl_policies", mode="before")

@@ -4,10 +4,11 @@ Spans come from OpenTelemetry's SQLAlchemy instrumentation, attached to the one
 engine given (never by patching ``create_engine`` for the whole process) and made
 only for statements of a sampled request or task. Around it stackwatch adds what the
 contrib package lacks: ``db_query_duration_seconds``, a slow-query warning carrying
-the request id and trace id, sqlcommenter comments with ``traceparent``,
-``request_id`` and ``route`` (so ``pg_stat_statements`` and the server's slow log
-point back at the request), and per-request statement counts that expose N+1
-patterns while the request is still being served.
+the request id and trace id, sqlcommenter comments with the ``route`` and, where
+the trace is sampled, ``request_id`` and ``traceparent`` (so ``pg_stat_statements``
+and the server's slow log point back at the endpoint and the trace without making
+every request's statements new texts), and per-request statement counts that expose
+N+1 patterns while the request is still being served.
 
 The per-statement path is what a fast query pays for, so it is one listener per
 SQLAlchemy event, and what does not change per statement (the comment of a request,
@@ -52,7 +53,7 @@ from stackwatch.scope import (
     register_scope_closer,
     unregister_scope_closer,
 )
-from stackwatch.settings import NPlusOneMode, Settings, get_settings
+from stackwatch.settings import NPlusOneMode, Settings, SqlCommenterMode, get_settings
 from stackwatch.sqltext import has_comment, sqlcomment, statement_operation, statement_shape
 from stackwatch.traces import DirectSpans
 
@@ -225,7 +226,7 @@ class _QueryListeners:
     log_parameters: bool
     nplusone: NPlusOneMode
     nplusone_threshold: int
-    comment: bool
+    comment: SqlCommenterMode
     percent_placeholders: bool
     root_spans: bool
     # None when contrib's own instrumentation already traces the engine (its listeners run).
@@ -283,7 +284,7 @@ class _QueryListeners:
             except Exception:
                 self._listener_failed("span")
         sent = statement
-        if self.comment and not has_comment(statement):
+        if self.comment != "off" and not has_comment(statement):
             try:
                 comment = self._comment(scope, current, context, parameters)
                 if comment:
@@ -315,12 +316,24 @@ class _QueryListeners:
     def _comment(
         self, scope: WorkScope | None, current: SpanContext, context: Any, parameters: Any
     ) -> str:
+        """The comment for this statement ("" when there is nothing to say).
+
+        The route is the same for every request of an endpoint. The request id and
+        ``traceparent`` are new for every request, which makes its statements new
+        texts: the driver cannot reuse a prepared statement (psycopg prepares a text
+        after five runs, asyncpg prepares every text it has not seen) and the server
+        parses and plans them again. So by default ("sampled") they are added only where
+        there is a recorded trace to point to, and the sampler sets what that costs.
+        """
         if not current.is_valid:
             own_span = getattr(context, "_otel_span", None)  # a root span (root_spans)
             if own_span is not None:
                 current = own_span.get_span_context()
-        request = request_id()
-        if scope is None and request is None and not current.is_valid:
+        per_request = self.comment == "full" or (
+            self.comment == "sampled" and current.trace_flags.sampled
+        )
+        request = request_id() if per_request else None
+        if scope is None and request is None and not (per_request and current.is_valid):
             return ""  # nothing to say: the text stays the same, the driver's caches work
         # SQLAlchemy hands the statement to the driver unformatted only when it has no
         # parameters at all; otherwise a %-paramstyle driver reads '%%' as '%'.
@@ -328,9 +341,9 @@ class _QueryListeners:
         return _comment_text(
             request,
             scope.name if scope is not None else None,
-            current.trace_id if current.is_valid else 0,
-            current.span_id,
-            current.trace_flags,
+            current.trace_id if per_request and current.is_valid else 0,
+            current.span_id if per_request else 0,
+            current.trace_flags if per_request else 0,
             self.percent_placeholders and not sent_raw,
         )
 
