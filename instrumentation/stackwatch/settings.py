@@ -38,7 +38,7 @@ NPlusOneMode = Literal["warn", "raise", "off"]
 # What the sqlcommenter comment carries (see sqlalchemy.py): the route always; the
 # request id and traceparent on statements of a sampled trace ("sampled") or on all
 # statements ("full"). Per-request values make each request's statements new texts
-# for the driver and the server, so they cost prepared statements and cached plans.
+# for the driver and the server, so they cost prepared statements and their plans.
 SqlCommenterMode = Literal["sampled", "full", "route", "off"]
 # The boolean spellings of earlier releases: true meant the full comment.
 _SQL_COMMENTER_BOOLEANS = {"true": "full", "1": "full", "false": "off", "0": "off"}
