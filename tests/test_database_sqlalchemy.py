@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,11 +10,12 @@ import psycopg
 import pytest
 import structlog
 from opentelemetry import metrics, trace
+from opentelemetry.context import Context
 from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine, ForeignKey, create_engine, event, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -99,6 +101,20 @@ def sent_statements(engine: Engine) -> list[str]:
 
 def _sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@contextlib.contextmanager
+def _request(request: str, route: str, parent: Context | None = None) -> Iterator[Span]:
+    """What the HTTP layer gives a request: its id bound, its span current, its unit of work."""
+    token = bind_request_id(request)
+    try:
+        with (
+            trace.get_tracer("test").start_as_current_span(f"GET {route}", context=parent) as span,
+            work_scope("http", route),
+        ):
+            yield span
+    finally:
+        reset_request_id(token)
 
 
 def _load_books_lazily(engine: Engine) -> int:
@@ -188,17 +204,9 @@ def test_slow_query_is_logged_with_request_id_and_trace_id_but_no_parameters(
 ) -> None:
     stackwatch.instrument_sqlalchemy(engine, settings=load_settings(slow_query_ms=100))
     before = _sample("db_slow_queries_total", operation="SELECT")
-    token = bind_request_id("req-slow-1")
-    try:
-        with (
-            trace.get_tracer("test").start_as_current_span("GET /slow"),
-            work_scope("http", "/slow"),
-            engine.connect() as connection,
-        ):
-            connection.execute(text("SELECT pg_sleep(:seconds)"), {"seconds": 0.15})
-            connection.execute(text("SELECT 1"))
-    finally:
-        reset_request_id(token)
+    with _request("req-slow-1", "/slow"), engine.connect() as connection:
+        connection.execute(text("SELECT pg_sleep(:seconds)"), {"seconds": 0.15})
+        connection.execute(text("SELECT 1"))
 
     (slow,) = [entry for entry in logs if entry["event"] == "slow query"]
     assert slow["log_level"] == "warning"
@@ -241,18 +249,11 @@ def test_hostile_request_id_cannot_leave_the_sql_comment(
 ) -> None:
     stackwatch.uninstrument_sqlalchemy(engine)
     stackwatch.instrument_sqlalchemy(engine, settings=load_settings(sql_commenter=mode))
-    token = bind_request_id(HOSTILE_REQUEST_ID)  # bypasses validation on purpose
-    try:
-        with (
-            trace.get_tracer("test").start_as_current_span("GET /a"),
-            work_scope("http", "/a'b*/{id}%"),
-            engine.connect() as connection,
-        ):
-            rows = connection.execute(text("SELECT count(*) FROM authors WHERE id > :n"), {"n": 0})
-            assert rows.scalar_one() == 8
-            connection.exec_driver_sql("SELECT 1").scalar_one()
-    finally:
-        reset_request_id(token)
+    # The id bypasses validation on purpose.
+    with _request(HOSTILE_REQUEST_ID, "/a'b*/{id}%"), engine.connect() as connection:
+        rows = connection.execute(text("SELECT count(*) FROM authors WHERE id > :n"), {"n": 0})
+        assert rows.scalar_one() == 8
+        connection.exec_driver_sql("SELECT 1").scalar_one()
 
     assert len(sent_statements) == 2
     for sent in sent_statements:
@@ -316,16 +317,8 @@ def test_sql_commenter_can_be_turned_off(engine: Engine, off: str | bool) -> Non
     seen: list[str] = []
     stackwatch.instrument_sqlalchemy(engine, settings=load_settings(sql_commenter=off))
     event.listen(engine, "after_cursor_execute", lambda *args: seen.append(args[2]))
-    token = bind_request_id("req-off")
-    try:
-        with (
-            trace.get_tracer("test").start_as_current_span("GET /x"),
-            work_scope("http", "/x"),
-            engine.connect() as connection,
-        ):
-            connection.execute(text("SELECT 1"))
-    finally:
-        reset_request_id(token)
+    with _request("req-off", "/x"), engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
     assert seen == ["SELECT 1"]
 
 
@@ -367,18 +360,9 @@ def test_comment_modes_choose_what_the_comment_carries(
     stackwatch.instrument_sqlalchemy(engine, settings=load_settings(sql_commenter=mode))
     flags = TraceFlags(TraceFlags.SAMPLED if sampled else 0)
     parent = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=flags)
-    token = bind_request_id("req-mode")
-    try:
-        with (
-            trace.get_tracer("test").start_as_current_span(
-                "GET /m", context=trace.set_span_in_context(NonRecordingSpan(parent))
-            ) as request_span,
-            work_scope("http", "/m"),
-            engine.connect() as connection,
-        ):
-            connection.execute(text("SELECT 1"))
-    finally:
-        reset_request_id(token)
+    remote = trace.set_span_in_context(NonRecordingSpan(parent))
+    with _request("req-mode", "/m", remote) as request_span, engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
     fields = parse_sqlcomment(sent_statements[-1])
     assert set(fields) == expected
     if "traceparent" in fields:
