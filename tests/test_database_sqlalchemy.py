@@ -447,6 +447,37 @@ async def test_async_engine_gets_spans_comments_and_n_plus_one_detection(
     assert len([s for s in spans.get_finished_spans() if "authors" in str(s.attributes)]) == 3
 
 
+@pytest.mark.parametrize(("mode", "texts_prepared"), [("sampled", 1), ("full", 6)])
+async def test_asyncpg_prepares_an_unsampled_statement_once_by_default_and_per_request_in_full(
+    engine: Engine, mode: str, texts_prepared: int
+) -> None:
+    # asyncpg prepares every text it has not seen on a connection (and keeps it across
+    # transactions): a per-request comment makes it prepare each request's statements.
+    async_engine = create_async_engine(
+        engine.url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+    )
+    stackwatch.instrument_sqlalchemy(async_engine, settings=load_settings(sql_commenter=mode))
+    try:
+        async with async_engine.connect() as connection:
+            for number in range(1, 7):
+                unsampled = SpanContext(0xABC + number, 0xDEF, True, TraceFlags(0))
+                token = bind_request_id(f"req-async-{number}")
+                try:
+                    with trace.use_span(NonRecordingSpan(unsampled)), work_scope("http", "/a"):
+                        statement = text("SELECT name FROM authors WHERE id = :id")
+                        await connection.execute(statement, {"id": number})
+                finally:
+                    reset_request_id(token)
+                await connection.rollback()  # a request's end: asyncpg keeps its cache
+            rows = await connection.exec_driver_sql("SELECT statement FROM pg_prepared_statements")
+            prepared = [row[0] for row in rows if row[0].startswith("SELECT name FROM authors")]
+    finally:
+        stackwatch.uninstrument_sqlalchemy(async_engine)
+        await async_engine.dispose()
+    assert len(prepared) == texts_prepared
+    assert all(parse_sqlcomment(text_)["route"] == "/a" for text_ in prepared)
+
+
 def test_n_plus_one_through_a_real_fastapi_app_is_labelled_by_route_and_request_id(
     engine: Engine, logs: list[dict[str, Any]], sent_statements: list[str]
 ) -> None:
