@@ -12,7 +12,7 @@ import structlog
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
@@ -646,6 +646,38 @@ def test_statement_spans_have_contribs_name_kind_and_attributes(
     assert cached == expected
 
 
+def _statement_spans_of(engine: Engine, provider: TracerProvider, **options: Any) -> Any:
+    """Instrument ``engine`` with its statement spans taken from ``provider``'s tracer."""
+    stackwatch.instrument_sqlalchemy(engine, settings=load_settings(), **options)
+    listeners = sw_sqlalchemy._instrumented[engine].listeners[0][1].__self__  # type: ignore[attr-defined]
+    statement_spans = listeners.spans
+    statement_spans.tracer = provider.get_tracer("opentelemetry.instrumentation.sqlalchemy")
+    return statement_spans
+
+
+def _fields(span: ReadableSpan) -> tuple[Any, ...]:
+    """What an exported span carries, ids aside."""
+    return (
+        span.name,
+        span.kind,
+        dict(span.attributes or {}),
+        span.context.trace_flags,
+        span.context.trace_state,
+        span.parent.is_remote if span.parent else None,
+        span.instrumentation_scope,
+        span.status.status_code,
+    )
+
+
+def _stackwatch_provider(ratio: float) -> tuple[TracerProvider, InMemorySpanExporter]:
+    provider = TracerProvider(
+        sampler=ParentBasedTraceIdRatio(ratio), id_generator=PresetTraceIdGenerator()
+    )
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
 def test_statement_spans_under_stackwatchs_provider_start_directly_and_export_the_same(
     engine: Engine,
 ) -> None:
@@ -654,15 +686,8 @@ def test_statement_spans_under_stackwatchs_provider_start_directly_and_export_th
     The spans exported are the ones the SDK's start_span gives: same name, kind,
     attributes, trace, flags and parent (the request's span).
     """
-    provider = TracerProvider(
-        sampler=ParentBasedTraceIdRatio(1.0), id_generator=PresetTraceIdGenerator()
-    )
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    stackwatch.instrument_sqlalchemy(engine, settings=load_settings())
-    listeners = sw_sqlalchemy._instrumented[engine].listeners[0][1].__self__  # type: ignore[attr-defined]
-    statement_spans = listeners.spans
-    statement_spans.tracer = provider.get_tracer("opentelemetry.instrumentation.sqlalchemy")
+    provider, exporter = _stackwatch_provider(1.0)
+    statement_spans = _statement_spans_of(engine, provider)
 
     def client_spans() -> list[tuple[Any, ...]]:
         with (
@@ -679,22 +704,44 @@ def test_statement_spans_under_stackwatchs_provider_start_directly_and_export_th
             assert span.parent is not None
             assert span.parent.span_id == request_context.span_id
             assert span.context.trace_id == request_context.trace_id
-        return [
-            (
-                span.name,
-                span.kind,
-                dict(span.attributes or {}),
-                span.context.trace_flags,
-                span.context.trace_state,
-                span.parent.is_remote if span.parent else None,
-                span.instrumentation_scope,
-                span.status.status_code,
-            )
-            for span in finished
-        ]
+        return [_fields(span) for span in finished]
 
     direct = client_spans()
-    assert statement_spans._direct[1] is not None  # the direct path was taken
-    statement_spans._direct_spans = lambda: None  # the tracer's path
+    assert statement_spans._known_shortcuts[1].direct is not None  # the direct path was taken
+    statement_spans._shortcuts = lambda: sw_sqlalchemy._Shortcuts(None, None)  # the tracer's
     through_the_sdk = client_spans()
     assert direct == through_the_sdk
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.0])
+def test_root_statement_spans_under_stackwatchs_provider_are_the_sdks_own(
+    engine: Engine, ratio: float
+) -> None:
+    """With root_spans=True, a statement outside any span gets its root span from
+    RootSpans (the sampling decision taken up front, the span started directly): the
+    same span, comment and decision as start_span gives."""
+    provider, exporter = _stackwatch_provider(ratio)
+    seen: list[str] = []
+    event.listen(engine, "after_cursor_execute", lambda *args: seen.append(args[2]))
+    statement_spans = _statement_spans_of(engine, provider, root_spans=True)
+
+    def root_spans() -> list[tuple[Any, ...]]:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT name FROM authors WHERE id = :id"), {"id": 1})
+        finished = exporter.get_finished_spans()
+        exporter.clear()
+        if ratio:
+            (root,) = finished
+            assert root.parent is None
+            assert parse_sqlcomment(seen[-1].replace("%%", "%")) == {
+                "traceparent": _traceparent(root.context)
+            }
+        else:
+            assert finished == ()
+            assert "/*" not in seen[-1]  # nothing to point to, nothing to say
+        return [_fields(span) for span in finished]
+
+    shortcut = root_spans()
+    assert statement_spans._known_shortcuts[1].roots is not None  # RootSpans was used
+    statement_spans._shortcuts = lambda: sw_sqlalchemy._Shortcuts(None, None)  # the tracer's
+    assert shortcut == root_spans()

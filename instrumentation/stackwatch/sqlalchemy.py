@@ -21,7 +21,7 @@ import functools
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -55,7 +55,7 @@ from stackwatch.scope import (
 )
 from stackwatch.settings import NPlusOneMode, Settings, SqlCommenterMode, get_settings
 from stackwatch.sqltext import has_comment, sqlcomment, statement_operation, statement_shape
-from stackwatch.traces import DirectSpans
+from stackwatch.traces import DirectSpans, RootSpans
 
 __all__ = ["NPlusOneError", "instrument_sqlalchemy", "uninstrument_sqlalchemy"]
 
@@ -105,6 +105,17 @@ class _AttributeCollector(dict[str, Any]):
         self[key] = value
 
 
+class _Shortcuts(NamedTuple):
+    """Cheaper starts of the SDK's own spans, where they apply (see ``stackwatch.traces``)."""
+
+    direct: DirectSpans | None  # children of a local sampled span
+    roots: RootSpans | None  # statements outside any span, with root_spans=True
+
+
+def _given(attributes: Mapping[str, Any]) -> Mapping[str, Any]:
+    return attributes
+
+
 class _StatementSpans(EngineTracer):
     """OpenTelemetry contrib's ``EngineTracer``, its statement spans started by stackwatch.
 
@@ -130,8 +141,8 @@ class _StatementSpans(EngineTracer):
         self._statement_fields: dict[
             tuple[str, _ConnectionFields], tuple[str, MappingProxyType[str, Any]]
         ] = {}
-        # The SDK tracer behind ``self.tracer`` and its direct span starts (None: the tracer's).
-        self._direct: tuple[object, DirectSpans | None] = (None, None)
+        # The SDK tracer behind ``self.tracer`` and its shortcuts (None: the tracer's path).
+        self._known_shortcuts: tuple[object, _Shortcuts] = (None, _Shortcuts(None, None))
 
     @classmethod
     def _register_event_listener(
@@ -159,27 +170,33 @@ class _StatementSpans(EngineTracer):
         if fields is None:
             fields = self._new_statement_fields(statement, connection)
         name, attributes = fields
-        if (
-            parent.trace_flags.sampled
-            and not parent.is_remote
-            and (direct := self._direct_spans()) is not None
-        ):
-            context._otel_span = direct.start_child(name, trace.SpanKind.CLIENT, attributes, parent)
+        if parent.is_valid:
+            if (
+                parent.trace_flags.sampled
+                and not parent.is_remote
+                and (direct := self._shortcuts().direct) is not None
+            ):
+                span = direct.start_child(name, trace.SpanKind.CLIENT, attributes, parent)
+                context._otel_span = span
+                return
+        elif (roots := self._shortcuts().roots) is not None:  # root_spans=True
+            context._otel_span = roots.start(name, trace.SpanKind.CLIENT, _given, attributes)
             return
         context._otel_span = self.tracer.start_span(
             name, kind=trace.SpanKind.CLIENT, attributes=attributes
         )
 
-    def _direct_spans(self) -> DirectSpans | None:
-        """``DirectSpans`` for the SDK tracer behind ``self.tracer``, if it starts children."""
+    def _shortcuts(self) -> _Shortcuts:
+        """The direct span starts for the SDK tracer behind ``self.tracer``, remembered."""
         tracer = getattr(self.tracer, "_real_tracer", None) or self.tracer
-        known, direct = self._direct
+        known, shortcuts = self._known_shortcuts
         if tracer is not known:
             direct = DirectSpans.for_tracer(tracer)
             if direct is not None and not direct.starts_children:
                 direct = None
-            self._direct = (tracer, direct)
-        return direct
+            shortcuts = _Shortcuts(direct, RootSpans.for_tracer(tracer))
+            self._known_shortcuts = (tracer, shortcuts)
+        return shortcuts
 
     def _connection_fields(self, conn: Any, cursor: Any) -> _ConnectionFields:
         """contrib's connection attributes and database name (its code, its order)."""

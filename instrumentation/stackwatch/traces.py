@@ -404,7 +404,19 @@ class RootSpans:
         """The shortcut for ``provider`` and its ``tracer``; None where it does not apply."""
         if not isinstance(provider, TracerProvider):
             return None
-        ids, sampler = provider.id_generator, provider.sampler
+        return cls._for(provider.id_generator, provider.sampler, tracer)
+
+    @classmethod
+    def for_tracer(cls, tracer: Tracer) -> RootSpans | None:
+        """The shortcut for an SDK tracer (or the one behind a proxy), from its own
+        sampler and id generator; None where it does not apply."""
+        real = getattr(tracer, "_real_tracer", None) or tracer
+        if type(real) is not SdkTracer:
+            return None
+        return cls._for(real.id_generator, real.sampler, real)
+
+    @classmethod
+    def _for(cls, ids: object, sampler: object, tracer: Tracer) -> RootSpans | None:
         if not isinstance(ids, PresetTraceIdGenerator):
             return None
         if type(sampler) is not ParentBasedTraceIdRatio:
