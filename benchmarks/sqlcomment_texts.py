@@ -70,14 +70,24 @@ def _commented(engine: Engine, make: Callable[[], str]) -> _Commenter:
     return commenter
 
 
-def _sync_rates(url: str, rounds: int, requests: int) -> dict[str, dict[str, float]]:
+SHAPES = ("one transaction", "a transaction per request")
+Results = dict[str, dict[str, float]]  # shape -> comment -> median statements per second
+
+
+def _interleaved(one_round: Callable[[str, str], float], rounds: int) -> Results:
+    """Medians of ``one_round(comment, shape)`` over interleaved rounds, after a warm-up."""
+    rates: dict[str, dict[str, list[float]]] = {shape: {} for shape in SHAPES}
+    for shape, name in itertools.product(SHAPES, COMMENTS):
+        one_round(name, shape)
+    for _, shape, name in itertools.product(range(rounds), SHAPES, COMMENTS):
+        rates[shape].setdefault(name, []).append(one_round(name, shape))
+    return {shape: {n: statistics.median(r) for n, r in v.items()} for shape, v in rates.items()}
+
+
+def _sync_rates(url: str, rounds: int, requests: int) -> Results:
     engines = {name: create_engine(url) for name in COMMENTS}
     commenters = {name: _commented(engine, COMMENTS[name]) for name, engine in engines.items()}
     kept = {name: engine.connect() for name, engine in engines.items()}
-    rates: dict[str, dict[str, list[float]]] = {
-        "one transaction": {},
-        "a transaction per request": {},
-    }
 
     def one_round(name: str, shape: str) -> float:
         commenter, started = commenters[name], time.perf_counter()
@@ -92,25 +102,20 @@ def _sync_rates(url: str, rounds: int, requests: int) -> dict[str, dict[str, flo
                         connection.execute(statement).scalar_one()
         return requests * len(STATEMENTS) / (time.perf_counter() - started)
 
-    for shape, name in itertools.product(rates, COMMENTS):
-        one_round(name, shape)  # warm up
-    for _, shape, name in itertools.product(range(rounds), rates, COMMENTS):
-        rates[shape].setdefault(name, []).append(one_round(name, shape))
-    for connection in kept.values():
-        connection.close()
-    return {shape: {n: statistics.median(r) for n, r in v.items()} for shape, v in rates.items()}
+    try:
+        return _interleaved(one_round, rounds)
+    finally:
+        for connection in kept.values():
+            connection.close()
 
 
-async def _async_rates(url: str, rounds: int, requests: int) -> dict[str, dict[str, float]]:
+def _async_rates(url: str, rounds: int, requests: int) -> Results:
+    loop = asyncio.new_event_loop()
     engines: dict[str, AsyncEngine] = {name: create_async_engine(url) for name in COMMENTS}
     commenters = {
         name: _commented(engine.sync_engine, COMMENTS[name]) for name, engine in engines.items()
     }
-    kept = {name: await engine.connect() for name, engine in engines.items()}
-    rates: dict[str, dict[str, list[float]]] = {
-        "one transaction": {},
-        "a transaction per request": {},
-    }
+    kept = {name: loop.run_until_complete(engine.connect()) for name, engine in engines.items()}
 
     async def one_round(name: str, shape: str) -> float:
         commenter, started = commenters[name], time.perf_counter()
@@ -125,18 +130,17 @@ async def _async_rates(url: str, rounds: int, requests: int) -> dict[str, dict[s
                         (await connection.execute(statement)).scalar_one()
         return requests * len(STATEMENTS) / (time.perf_counter() - started)
 
-    for shape, name in itertools.product(rates, COMMENTS):
-        await one_round(name, shape)
-    for _, shape, name in itertools.product(range(rounds), rates, COMMENTS):
-        rates[shape].setdefault(name, []).append(await one_round(name, shape))
-    for connection in kept.values():
-        await connection.close()
-    for engine in engines.values():
-        await engine.dispose()
-    return {shape: {n: statistics.median(r) for n, r in v.items()} for shape, v in rates.items()}
+    try:
+        return _interleaved(lambda *a: loop.run_until_complete(one_round(*a)), rounds)
+    finally:
+        for connection in kept.values():
+            loop.run_until_complete(connection.close())
+        for engine in engines.values():
+            loop.run_until_complete(engine.dispose())
+        loop.close()
 
 
-def _print(driver: str, results: dict[str, dict[str, float]]) -> None:
+def _print(driver: str, results: Results) -> None:
     for shape, by_comment in results.items():
         base = by_comment["no comment"]
         print(f"\n{driver}, {shape}")
@@ -156,10 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     base = args.url.split("://", 1)[1]
     _print("psycopg", _sync_rates(f"postgresql+psycopg://{base}", args.rounds, args.requests))
-    _print(
-        "asyncpg",
-        asyncio.run(_async_rates(f"postgresql+asyncpg://{base}", args.rounds, args.requests)),
-    )
+    _print("asyncpg", _async_rates(f"postgresql+asyncpg://{base}", args.rounds, args.requests))
 
 
 if __name__ == "__main__":

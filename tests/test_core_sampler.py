@@ -160,8 +160,11 @@ def test_root_spans_apply_only_to_stackwatch_providers() -> None:
     for ratio in (0.1, 1.0):
         ours = _our_provider(ratio)
         assert RootSpans.for_provider(ours, ours.get_tracer("test")) is not None
-    # The SDK's answer is checked: a tracer that does not draw from this generator is refused.
-    assert RootSpans.for_provider(ours, _our_provider(0.1).get_tracer("test")) is None
+    # A tracer that does not draw from this generator is refused (at ratio 1 too, where
+    # the SDK is not asked).
+    for ratio in (0.1, 1.0):
+        ours = _our_provider(ratio)
+        assert RootSpans.for_provider(ours, _our_provider(ratio).get_tracer("test")) is None
 
 
 # --- DirectSpans: sampled spans started without Tracer.start_span, exported the same
@@ -372,7 +375,8 @@ def test_direct_spans_step_aside_when_the_sdk_builds_its_spans_differently(
     assert [s.name for s in exporter.get_finished_spans()] == ["GET"]
 
 
-def test_the_self_check_starts_no_span_the_application_can_see() -> None:
+@pytest.mark.parametrize("ratio", [0.5, 1.0])
+def test_the_self_check_starts_no_span_the_application_can_see(ratio: float) -> None:
     started: list[str] = []
 
     class Watching(SimpleSpanProcessor):
@@ -380,7 +384,7 @@ def test_the_self_check_starts_no_span_the_application_can_see() -> None:
             started.append(span.name)
 
     provider = TracerProvider(
-        sampler=ParentBasedTraceIdRatio(0.5), id_generator=PresetTraceIdGenerator()
+        sampler=ParentBasedTraceIdRatio(ratio), id_generator=PresetTraceIdGenerator()
     )
     exporter = InMemorySpanExporter()
     provider.add_span_processor(Watching(exporter))

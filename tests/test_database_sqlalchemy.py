@@ -707,8 +707,8 @@ def test_statement_spans_under_stackwatchs_provider_start_directly_and_export_th
         return [_fields(span) for span in finished]
 
     direct = client_spans()
-    assert statement_spans._known_shortcuts[1].direct is not None  # the direct path was taken
-    statement_spans._shortcuts = lambda: sw_sqlalchemy._Shortcuts(None, None)  # the tracer's
+    assert statement_spans._shortcut(sw_sqlalchemy._direct_children) is not None  # was taken
+    statement_spans._shortcut = lambda build: None  # the tracer's path
     through_the_sdk = client_spans()
     assert direct == through_the_sdk
 
@@ -742,6 +742,6 @@ def test_root_statement_spans_under_stackwatchs_provider_are_the_sdks_own(
         return [_fields(span) for span in finished]
 
     shortcut = root_spans()
-    assert statement_spans._known_shortcuts[1].roots is not None  # RootSpans was used
-    statement_spans._shortcuts = lambda: sw_sqlalchemy._Shortcuts(None, None)  # the tracer's
+    assert statement_spans._shortcut(sw_sqlalchemy._root_spans) is not None  # it was used
+    statement_spans._shortcut = lambda build: None  # the tracer's path
     assert shortcut == root_spans()

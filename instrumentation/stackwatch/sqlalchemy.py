@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import structlog
 from opentelemetry import metrics, trace
@@ -60,6 +60,7 @@ from stackwatch.traces import DirectSpans, RootSpans
 __all__ = ["NPlusOneError", "instrument_sqlalchemy", "uninstrument_sqlalchemy"]
 
 _log = structlog.get_logger("stackwatch.sqlalchemy")
+_T = TypeVar("_T")
 
 # The attribute our listeners keep on SQLAlchemy's ExecutionContext between the
 # before and after events (the contrib instrumentation keeps its span the same way).
@@ -105,11 +106,15 @@ class _AttributeCollector(dict[str, Any]):
         self[key] = value
 
 
-class _Shortcuts(NamedTuple):
-    """Cheaper starts of the SDK's own spans, where they apply (see ``stackwatch.traces``)."""
+def _direct_children(tracer: Any) -> DirectSpans | None:
+    """Direct starts of statement spans under a local sampled span, where they apply."""
+    direct = DirectSpans.for_tracer(tracer)
+    return direct if direct is not None and direct.starts_children else None
 
-    direct: DirectSpans | None  # children of a local sampled span
-    roots: RootSpans | None  # statements outside any span, with root_spans=True
+
+def _root_spans(tracer: Any) -> RootSpans | None:
+    """Root spans decided up front, for statements outside any span (root_spans=True)."""
+    return RootSpans.for_tracer(tracer)
 
 
 def _given(attributes: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -141,8 +146,9 @@ class _StatementSpans(EngineTracer):
         self._statement_fields: dict[
             tuple[str, _ConnectionFields], tuple[str, MappingProxyType[str, Any]]
         ] = {}
-        # The SDK tracer behind ``self.tracer`` and its shortcuts (None: the tracer's path).
-        self._known_shortcuts: tuple[object, _Shortcuts] = (None, _Shortcuts(None, None))
+        # Builder -> (the SDK tracer behind ``self.tracer``, its shortcut or None), made on
+        # first use: root spans only once a statement outside any span needs one.
+        self._shortcuts: dict[Callable[[Any], Any], tuple[object, Any]] = {}
 
     @classmethod
     def _register_event_listener(
@@ -174,29 +180,25 @@ class _StatementSpans(EngineTracer):
             if (
                 parent.trace_flags.sampled
                 and not parent.is_remote
-                and (direct := self._shortcuts().direct) is not None
+                and (direct := self._shortcut(_direct_children)) is not None
             ):
                 span = direct.start_child(name, trace.SpanKind.CLIENT, attributes, parent)
                 context._otel_span = span
                 return
-        elif (roots := self._shortcuts().roots) is not None:  # root_spans=True
+        elif (roots := self._shortcut(_root_spans)) is not None:  # root_spans=True
             context._otel_span = roots.start(name, trace.SpanKind.CLIENT, _given, attributes)
             return
         context._otel_span = self.tracer.start_span(
             name, kind=trace.SpanKind.CLIENT, attributes=attributes
         )
 
-    def _shortcuts(self) -> _Shortcuts:
-        """The direct span starts for the SDK tracer behind ``self.tracer``, remembered."""
+    def _shortcut(self, build: Callable[[Any], _T]) -> _T:
+        """``build(tracer)`` for the SDK tracer behind ``self.tracer``, remembered."""
         tracer = getattr(self.tracer, "_real_tracer", None) or self.tracer
-        known, shortcuts = self._known_shortcuts
-        if tracer is not known:
-            direct = DirectSpans.for_tracer(tracer)
-            if direct is not None and not direct.starts_children:
-                direct = None
-            shortcuts = _Shortcuts(direct, RootSpans.for_tracer(tracer))
-            self._known_shortcuts = (tracer, shortcuts)
-        return shortcuts
+        known = self._shortcuts.get(build)
+        if known is None or known[0] is not tracer:
+            known = self._shortcuts[build] = (tracer, build(tracer))
+        return known[1]
 
     def _connection_fields(self, conn: Any, cursor: Any) -> _ConnectionFields:
         """contrib's connection attributes and database name (its code, its order)."""

@@ -422,19 +422,26 @@ class RootSpans:
         if type(sampler) is not ParentBasedTraceIdRatio:
             return None
         bound = sampler.bound
-        # Ask the SDK for an unsampled root span: low 64 bits all ones are never under the
-        # bound (at ratio 1 every id is under it: then nothing is dropped, and nothing asked).
-        probe_id = TraceIdRatioBased.TRACE_ID_LIMIT
-        ids.preset_trace_id(probe_id)
-        try:
-            probe = tracer.start_span("stackwatch.root_spans_probe", context=_NO_CONTEXT)
-        finally:
-            ids.preset_trace_id(0)
-        probe_context = probe.get_span_context()
-        if probe_context is None or probe_context.trace_id != probe_id:
-            return None  # a tracer that does not draw from this generator
         unsampled_flags = None
-        if bound <= TraceIdRatioBased.TRACE_ID_LIMIT:
+        if bound > TraceIdRatioBased.TRACE_ID_LIMIT:
+            # Ratio 1: nothing is dropped, so there is nothing to ask the SDK (its probe
+            # would be a sampled span, started in front of the application's processors).
+            real = getattr(tracer, "_real_tracer", None) or tracer
+            drawn_from: object = getattr(real, "id_generator", None)
+            if drawn_from is not ids:
+                return None  # a tracer that does not draw from this generator
+        else:
+            # Ask the SDK for an unsampled root span: low 64 bits all ones are never under
+            # the bound, and an unsampled span reaches no processor.
+            probe_id = TraceIdRatioBased.TRACE_ID_LIMIT
+            ids.preset_trace_id(probe_id)
+            try:
+                probe = tracer.start_span("stackwatch.root_spans_probe", context=_NO_CONTEXT)
+            finally:
+                ids.preset_trace_id(0)
+            probe_context = probe.get_span_context()
+            if probe_context is None or probe_context.trace_id != probe_id:
+                return None  # a tracer that does not draw from this generator
             if probe.is_recording() or probe_context.trace_state:
                 # A tracer switched off, a sampler that records dropped spans: the SDK
                 # decides. A recording probe is left unended, so that it is never exported.
