@@ -24,7 +24,8 @@ from opentelemetry.trace import (
     TraceState,
 )
 
-from stackwatch import traces
+from stackwatch import leafspans, traces
+from stackwatch.leafspans import LeafSpan, LeafSpans
 from stackwatch.settings import Settings
 from stackwatch.traces import (
     DirectSpans,
@@ -395,3 +396,180 @@ def test_the_self_check_starts_no_span_the_application_can_see(ratio: float) -> 
     assert started == []
     provider.force_flush()
     assert exporter.get_finished_spans() == ()
+
+
+# --- LeafSpans: statement spans that stay light until something but end is asked of them
+
+
+def _leaves(provider: TracerProvider) -> tuple[DirectSpans, LeafSpans]:
+    direct = DirectSpans.for_tracer(provider.get_tracer("test", "1.0"))
+    assert direct is not None
+    leaves = LeafSpans.for_direct(direct)
+    assert leaves is not None
+    return direct, leaves
+
+
+def _parent_context(state: TraceState | None = None, random_id: bool = True) -> SpanContext:
+    flags = TraceFlags.SAMPLED | (TraceFlags.RANDOM_TRACE_ID if random_id else 0)
+    return SpanContext(
+        random.getrandbits(128) or 1, random.getrandbits(64) or 1, False, TraceFlags(flags), state
+    )
+
+
+def test_leaf_spans_export_exactly_what_the_sdk_exports() -> None:
+    provider, exporter = _exported_provider(ParentBasedTraceIdRatio(1.0))
+    direct, leaves = _leaves(provider)
+    attributes = {"db.system": "postgresql", "db.statement": "SELECT 1", "net.peer.port": 5432}
+    for state, random_id in [(None, True), (TraceState([("vendor", "v1")]), False)]:
+        exporter.clear()
+        parent = _parent_context(state, random_id)
+        mine = leaves.start_child("SELECT db", SpanKind.CLIENT, attributes, parent)
+        theirs = direct.start_child("SELECT db", SpanKind.CLIENT, attributes, parent)
+        assert type(mine) is LeafSpan
+        assert mine.is_recording()
+        mine.end()
+        theirs.end()
+        assert not mine.is_recording()
+        mine_exported, theirs_exported = exporter.get_finished_spans()
+        assert _as_exported(mine_exported) == _as_exported(theirs_exported)
+        assert mine_exported.context == mine.get_span_context()
+        assert mine_exported.context.span_id != theirs_exported.context.span_id
+        # What an exporter writes, ids and clock aside, to the last character.
+        for exported in (mine_exported, theirs_exported):
+            exported._context = theirs_exported.context
+            exported._start_time, exported._end_time = 1, 2
+        assert mine_exported.to_json() == theirs_exported.to_json()
+
+
+def test_anything_but_end_makes_a_leaf_the_sdks_span_with_its_ids_and_start() -> None:
+    provider, exporter = _exported_provider(ParentBasedTraceIdRatio(1.0))
+    direct, leaves = _leaves(provider)
+    parent = _parent_context()
+    error = ValueError("boom")
+
+    def use(span: Span) -> None:
+        span.set_attribute("db.rows", 3)
+        span.add_event("retry", {"attempt": 2}, timestamp=5)
+        span.record_exception(error, timestamp=6)
+        span.set_status(Status(StatusCode.ERROR, "boom"))
+        span.update_name("SELECT other")
+        span.end()
+
+    mine = leaves.start_child("SELECT db", SpanKind.CLIENT, {"db.system": "postgresql"}, parent)
+    theirs = direct.start_child("SELECT db", SpanKind.CLIENT, {"db.system": "postgresql"}, parent)
+    started = mine._start
+    use(mine)
+    use(theirs)
+    mine_exported, theirs_exported = exporter.get_finished_spans()
+    assert _as_exported(mine_exported) == _as_exported(theirs_exported)
+    assert mine_exported.status.description == "boom"
+    assert [event.name for event in mine_exported.events] == ["retry", "exception"]
+    assert mine_exported.context == mine.get_span_context()
+    assert mine_exported.start_time == started
+
+
+def test_a_leaf_ends_once_and_is_not_changed_after_it_ended(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    provider, exporter = _exported_provider(ParentBasedTraceIdRatio(1.0))
+    _, leaves = _leaves(provider)
+    span = leaves.start_child("SELECT db", SpanKind.CLIENT, {"db.system": "x"}, _parent_context())
+    span.end()
+    span.end()
+    span.set_attribute("late", 1)
+    span.set_status(Status(StatusCode.ERROR))
+    (exported,) = exporter.get_finished_spans()
+    assert dict(exported.attributes or {}) == {"db.system": "x"}
+    assert exported.status.status_code is StatusCode.UNSET
+    assert "Calling end() on an ended span." in caplog.text
+    assert "Changing an ended span" in caplog.text
+
+
+def test_a_processor_that_watches_span_starts_gets_the_sdks_spans_even_added_later() -> None:
+    started: list[str] = []
+
+    class Watching(SimpleSpanProcessor):
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            started.append(span.name)
+
+    provider, exporter = _exported_provider(ParentBasedTraceIdRatio(1.0))
+    _, leaves = _leaves(provider)
+    parent = _parent_context()
+    assert type(leaves.start_child("A", SpanKind.CLIENT, {}, parent)) is LeafSpan
+    provider.add_span_processor(Watching(InMemorySpanExporter()))
+    span = leaves.start_child("B", SpanKind.CLIENT, {}, parent)
+    assert type(span) is not LeafSpan
+    assert isinstance(span, _Span)
+    assert started == ["B"]
+    span.end()
+    assert [s.name for s in exporter.get_finished_spans()] == ["B"]
+
+
+def test_leaf_spans_leave_attribute_limits_and_switched_off_tracers_to_the_sdk() -> None:
+    truncating, _ = _exported_provider(
+        ParentBasedTraceIdRatio(1.0), SpanLimits(max_span_attribute_length=4)
+    )
+    direct = DirectSpans.for_tracer(truncating.get_tracer("test"))
+    assert direct is not None
+    assert LeafSpans.for_direct(direct) is None
+
+    counting, exporter = _exported_provider(
+        ParentBasedTraceIdRatio(1.0), SpanLimits(max_span_attributes=2)
+    )
+    _, leaves = _leaves(counting)
+    span = leaves.start_child("A", SpanKind.CLIENT, {"a": 1, "b": 2, "c": 3}, _parent_context())
+    assert type(span) is not LeafSpan
+    span.end()
+    (exported,) = exporter.get_finished_spans()
+    assert exported.dropped_attributes == 1
+
+    provider, exporter = _exported_provider(ParentBasedTraceIdRatio(1.0))
+    _, leaves = _leaves(provider)
+    provider.get_tracer("test", "1.0")._set_tracer_config(  # type: ignore[attr-defined]
+        _TracerConfig(is_enabled=False)
+    )
+    parent = _parent_context()
+    span = leaves.start_child("A", SpanKind.CLIENT, {}, parent)
+    assert not span.is_recording()
+    assert span.get_span_context() == parent
+    span.end()
+    assert exporter.get_finished_spans() == ()
+
+
+def test_leaf_spans_step_aside_when_the_sdk_ends_spans_differently(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A future SDK whose ReadableSpan changed: the self-check refuses, the SDK ends spans."""
+
+    class Renamed(ReadableSpan):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["name"] = "something else"
+            super().__init__(*args, **kwargs)
+
+    provider, _ = _exported_provider(ParentBasedTraceIdRatio(1.0))
+    direct = DirectSpans.for_tracer(provider.get_tracer("test"))
+    assert direct is not None
+    monkeypatch.setattr(leafspans, "ReadableSpan", Renamed)
+    assert LeafSpans.for_direct(direct) is None
+
+    def incompatible(*args: Any, **kwargs: Any) -> None:
+        raise TypeError("unexpected keyword argument 'instrumentation_info'")
+
+    monkeypatch.setattr(leafspans, "ReadableSpan", incompatible)
+    assert LeafSpans.for_direct(direct) is None
+
+
+def test_the_leaf_self_check_ends_no_span_the_application_can_see() -> None:
+    seen: list[str] = []
+
+    class Watching(SimpleSpanProcessor):
+        def on_end(self, span: ReadableSpan) -> None:
+            seen.append(span.name)
+
+    provider = TracerProvider(
+        sampler=ParentBasedTraceIdRatio(1.0), id_generator=PresetTraceIdGenerator()
+    )
+    provider.add_span_processor(Watching(InMemorySpanExporter()))
+    _leaves(provider)
+    provider.force_flush()
+    assert seen == []

@@ -15,9 +15,10 @@ from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, StatusCode, TraceFlags
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine, ForeignKey, create_engine, event, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import (
     DeclarativeBase,
@@ -30,6 +31,7 @@ from sqlalchemy.orm import (
 
 import stackwatch
 import stackwatch.sqlalchemy as sw_sqlalchemy
+from stackwatch.leafspans import LeafSpan
 from stackwatch.requestid import bind_request_id, reset_request_id
 from stackwatch.scope import work_scope
 from stackwatch.settings import load_settings
@@ -666,6 +668,7 @@ def _fields(span: ReadableSpan) -> tuple[Any, ...]:
         span.parent.is_remote if span.parent else None,
         span.instrumentation_scope,
         span.status.status_code,
+        span.status.description,
     )
 
 
@@ -681,13 +684,20 @@ def _stackwatch_provider(ratio: float) -> tuple[TracerProvider, InMemorySpanExpo
 def test_statement_spans_under_stackwatchs_provider_start_directly_and_export_the_same(
     engine: Engine,
 ) -> None:
-    """Under stackwatch's provider a sampled request's statement spans skip start_span.
+    """Under stackwatch's provider a sampled request's statement spans skip start_span:
+    they start as leaf spans, and a failed statement's becomes the SDK's span when its
+    status is set.
 
     The spans exported are the ones the SDK's start_span gives: same name, kind,
-    attributes, trace, flags and parent (the request's span).
+    attributes, status, trace, flags and parent (the request's span).
     """
     provider, exporter = _stackwatch_provider(1.0)
     statement_spans = _statement_spans_of(engine, provider)
+    started: list[type] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _started(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        started.append(type(getattr(args[1], "_otel_span", None)))
 
     def client_spans() -> list[tuple[Any, ...]]:
         with (
@@ -696,20 +706,27 @@ def test_statement_spans_under_stackwatchs_provider_start_directly_and_export_th
         ):
             connection.execute(text("SELECT name FROM authors WHERE id = :id"), {"id": 1})
             connection.execute(text("UPDATE authors SET name = name"))
+            with pytest.raises(DBAPIError):
+                connection.execute(text("SELECT 1 / 0"))
         request_context = request.get_span_context()
         finished = [s for s in exporter.get_finished_spans() if s.kind == trace.SpanKind.CLIENT]
         exporter.clear()
-        assert len(finished) == 2
+        assert len(finished) == 3
         for span in finished:
             assert span.parent is not None
             assert span.parent.span_id == request_context.span_id
             assert span.context.trace_id == request_context.trace_id
+        assert finished[-1].status.status_code is StatusCode.ERROR
+        assert "division by zero" in (finished[-1].status.description or "")
         return [_fields(span) for span in finished]
 
     direct = client_spans()
+    assert started == [LeafSpan] * 3
     assert statement_spans._shortcut(sw_sqlalchemy._direct_children) is not None  # was taken
     statement_spans._shortcut = lambda build: None  # the tracer's path
+    started.clear()
     through_the_sdk = client_spans()
+    assert LeafSpan not in started
     assert direct == through_the_sdk
 
 

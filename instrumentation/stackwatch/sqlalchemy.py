@@ -46,6 +46,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stackwatch import metrics as sw_metrics
+from stackwatch.leafspans import LeafSpans
 from stackwatch.requestid import printable, request_id
 from stackwatch.scope import (
     WorkScope,
@@ -106,10 +107,13 @@ class _AttributeCollector(dict[str, Any]):
         self[key] = value
 
 
-def _direct_children(tracer: Any) -> DirectSpans | None:
-    """Direct starts of statement spans under a local sampled span, where they apply."""
+def _direct_children(tracer: Any) -> LeafSpans | DirectSpans | None:
+    """Direct starts of statement spans under a local sampled span, where they apply:
+    leaf spans where those apply too."""
     direct = DirectSpans.for_tracer(tracer)
-    return direct if direct is not None and direct.starts_children else None
+    if direct is None or not direct.starts_children:
+        return None
+    return LeafSpans.for_direct(direct) or direct
 
 
 def _root_spans(tracer: Any) -> RootSpans | None:

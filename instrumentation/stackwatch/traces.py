@@ -189,7 +189,11 @@ class DirectSpans:
         # stackwatch's sampler samples what a sampled parent samples, with its trace state.
         self.starts_children = type(tracer.sampler) is ParentBasedTraceIdRatio
         # A tracer can be switched off after it was made (the SDK's tracer configurator).
-        self._enabled: Callable[[], bool] = getattr(tracer, "_is_enabled", lambda: True)
+        self.enabled: Callable[[], bool] = getattr(tracer, "_is_enabled", lambda: True)
+
+    @property
+    def tracer(self) -> SdkTracer:
+        return self._tracer
 
     @classmethod
     def for_tracer(cls, tracer: Tracer) -> DirectSpans | None:
@@ -266,18 +270,29 @@ class DirectSpans:
         attributes: Attributes,
         parent: SpanContext,
         parent_context: Context | None = None,
+        *,
+        context: SpanContext | None = None,
+        start_time: int | None = None,
+        ended_metrics: Callable[[], None] | None = None,
     ) -> Span:
         """The span ``start_span`` would start under ``parent``, a local sampled span's context.
 
         Only where ``starts_children`` is true: the provider's sampler is stackwatch's
         ``ParentBasedTraceIdRatio``, which samples what a sampled parent samples and
         keeps its trace state. The caller checks that, and that ``parent`` is sampled.
+        ``context``, ``start_time`` and ``ended_metrics`` are for a span that already
+        began as a ``LeafSpan``: its ids, its start, its count in the SDK's metrics.
         """
-        flags = TraceFlags(TraceFlags.SAMPLED | (parent.trace_flags & TraceFlags.RANDOM_TRACE_ID))
-        context = SpanContext(
-            parent.trace_id, self._ids.generate_span_id(), False, flags, parent.trace_state
+        if context is None:
+            flags = TraceFlags(
+                TraceFlags.SAMPLED | (parent.trace_flags & TraceFlags.RANDOM_TRACE_ID)
+            )
+            context = SpanContext(
+                parent.trace_id, self._ids.generate_span_id(), False, flags, parent.trace_state
+            )
+        return self._start(
+            name, kind, attributes, context, parent, parent_context, start_time, ended_metrics
         )
-        return self._start(name, kind, attributes, context, parent, parent_context)
 
     def _start(
         self,
@@ -287,8 +302,10 @@ class DirectSpans:
         context: SpanContext,
         parent: SpanContext | None,
         parent_context: Context | None,
+        start_time: int | None = None,
+        ended_metrics: Callable[[], None] | None = None,
     ) -> Span:
-        if not self._enabled():
+        if not self.enabled():
             # What start_span returns for a disabled tracer: the parent's context.
             return NonRecordingSpan(parent if parent is not None else INVALID_SPAN_CONTEXT)
         tracer = self._tracer
@@ -305,13 +322,12 @@ class DirectSpans:
             instrumentation_info=tracer.instrumentation_info,
             limits=tracer._span_limits,
             instrumentation_scope=tracer._instrumentation_scope,
-            record_end_metrics=tracer._tracer_metrics.start_span(
-                parent, Decision.RECORD_AND_SAMPLE
-            ),
+            record_end_metrics=ended_metrics
+            or tracer._tracer_metrics.start_span(parent, Decision.RECORD_AND_SAMPLE),
         )
         if attributes and not _add_checked_attributes(span, attributes):
             span.set_attributes(attributes)
-        span.start(parent_context=parent_context)
+        span.start(start_time=start_time, parent_context=parent_context)
         return span
 
     def set_attributes(self, span: Span, attributes: Mapping[str, AttributeValue]) -> None:
