@@ -9,8 +9,9 @@ share of a busy machine). Statements run in requests of 4 (below the N+1 thresho
 variant, bare included, runs inside the request's span with a fresh request id (what
 the HTTP layer provides); instrumented variants also open the request's unit of work,
 so the per-request closer is in the measurement. Spans come from stackwatch's provider
-as ``setup()`` builds it and go through its bounded BatchSpanProcessor into a
-discarding exporter: the SDK's cost, not a network's.
+as ``setup()`` builds it (so sampled statements get leaf spans, as in an app) and go
+through its bounded BatchSpanProcessor into a discarding exporter: the SDK's cost,
+not a network's.
 
 Variants: bare; stackwatch defaults in a sampled request (span + the comment with
 request id and traceparent + metrics + per-request counting); without the comment;

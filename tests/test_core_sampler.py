@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from opentelemetry import trace
 from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider, _Span, _TracerConfig
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -439,6 +440,7 @@ def test_leaf_spans_export_exactly_what_the_sdk_exports() -> None:
             exported._context = theirs_exported.context
             exported._start_time, exported._end_time = 1, 2
         assert mine_exported.to_json() == theirs_exported.to_json()
+        assert encode_spans([mine_exported]) == encode_spans([theirs_exported])  # OTLP
 
 
 def test_anything_but_end_makes_a_leaf_the_sdks_span_with_its_ids_and_start() -> None:

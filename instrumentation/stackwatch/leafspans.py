@@ -32,7 +32,6 @@ from opentelemetry.sdk.trace import (
     ReadableSpan,
     SpanProcessor,
     SynchronousMultiSpanProcessor,
-    TracerProvider,
 )
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics
@@ -42,7 +41,7 @@ from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util.types import Attributes, AttributeValue
 
-from stackwatch.traces import DirectSpans, PresetTraceIdGenerator
+from stackwatch.traces import DirectSpans, private_copy
 
 _log = logging.getLogger("stackwatch.leafspans")
 
@@ -103,19 +102,9 @@ class LeafSpans:
 
         On a private copy of ``tracer`` whose only processor records what it is given.
         """
-        ids = PresetTraceIdGenerator()
-        scope = tracer._instrumentation_scope
-        provider = TracerProvider(
-            sampler=tracer.sampler,
-            resource=tracer.resource,
-            id_generator=ids,
-            span_limits=tracer._span_limits,
-            shutdown_on_exit=False,
-        )
         exporter = InMemorySpanExporter()
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
-        copy = provider.get_tracer(scope.name, scope.version, scope.schema_url, scope.attributes)
-        direct = DirectSpans.for_tracer(copy) if type(copy) is SdkTracer else None
+        copy, _ = private_copy(tracer, SimpleSpanProcessor(exporter))
+        direct = DirectSpans.for_tracer(copy) if copy is not None else None
         if direct is None or not direct.starts_children:
             return False
         leaves = cls(direct)

@@ -18,7 +18,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace as trace_api
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider, _Span
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider, _Span
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
@@ -216,16 +216,8 @@ class DirectSpans:
         On a private copy of ``tracer`` (same sampler, resource, limits and scope, but
         no span processor), so that no processor of the application sees the probes.
         """
-        ids = PresetTraceIdGenerator()
-        scope = tracer._instrumentation_scope
-        copy = TracerProvider(
-            sampler=tracer.sampler,
-            resource=tracer.resource,
-            id_generator=ids,
-            span_limits=tracer._span_limits,
-            shutdown_on_exit=False,
-        ).get_tracer(scope.name, scope.version, scope.schema_url, scope.attributes)
-        if type(copy) is not SdkTracer:
+        copy, ids = private_copy(tracer)
+        if copy is None:
             return False
         direct = cls(copy, ids)
         name, attributes = "stackwatch.direct_spans_probe", {"stackwatch.probe": 1}
@@ -334,6 +326,30 @@ class DirectSpans:
         """``span.set_attributes(attributes)`` for attributes already valid (see the class doc)."""
         if type(span) is not _Span or not _add_checked_attributes(span, attributes):
             span.set_attributes(attributes)
+
+
+def private_copy(
+    tracer: SdkTracer, processor: SpanProcessor | None = None
+) -> tuple[SdkTracer | None, PresetTraceIdGenerator]:
+    """A tracer like ``tracer`` (sampler, resource, limits, scope) on a provider of its own.
+
+    For self-checks that start spans: no processor of the application sees them, only
+    ``processor`` if given. Ids come from the returned generator, so they can be preset.
+    None for the tracer where the SDK does not give an SDK tracer.
+    """
+    ids = PresetTraceIdGenerator()
+    scope = tracer._instrumentation_scope
+    provider = TracerProvider(
+        sampler=tracer.sampler,
+        resource=tracer.resource,
+        id_generator=ids,
+        span_limits=tracer._span_limits,
+        shutdown_on_exit=False,
+    )
+    if processor is not None:
+        provider.add_span_processor(processor)
+    copy = provider.get_tracer(scope.name, scope.version, scope.schema_url, scope.attributes)
+    return (copy if type(copy) is SdkTracer else None), ids
 
 
 def _add_checked_attributes(span: _Span, attributes: Mapping[str, AttributeValue]) -> bool:
