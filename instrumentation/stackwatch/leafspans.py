@@ -61,7 +61,6 @@ class LeafSpans:
     def __init__(self, direct: DirectSpans) -> None:
         tracer = direct.tracer
         self._direct = direct
-        self._tracer = tracer
         self._ids = tracer.id_generator
         self._processor = tracer.span_processor
         self._limits = tracer._span_limits
