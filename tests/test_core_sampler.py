@@ -172,6 +172,17 @@ def test_root_spans_apply_only_to_stackwatch_providers() -> None:
 # --- DirectSpans: sampled spans started without Tracer.start_span, exported the same
 
 
+class _WatchingStarts(SimpleSpanProcessor):
+    """An application's processor that looks at spans when they start."""
+
+    def __init__(self, exporter: InMemorySpanExporter) -> None:
+        super().__init__(exporter)
+        self.started: list[str] = []
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        self.started.append(span.name)
+
+
 def _exported_provider(
     sampler: object, limits: SpanLimits | None = None
 ) -> tuple[TracerProvider, InMemorySpanExporter]:
@@ -379,17 +390,13 @@ def test_direct_spans_step_aside_when_the_sdk_builds_its_spans_differently(
 
 @pytest.mark.parametrize("ratio", [0.5, 1.0])
 def test_the_self_check_starts_no_span_the_application_can_see(ratio: float) -> None:
-    started: list[str] = []
-
-    class Watching(SimpleSpanProcessor):
-        def on_start(self, span: Any, parent_context: Any = None) -> None:
-            started.append(span.name)
-
     provider = TracerProvider(
         sampler=ParentBasedTraceIdRatio(ratio), id_generator=PresetTraceIdGenerator()
     )
     exporter = InMemorySpanExporter()
-    provider.add_span_processor(Watching(exporter))
+    watching = _WatchingStarts(exporter)
+    started = watching.started
+    provider.add_span_processor(watching)
     tracer = provider.get_tracer("test")
     roots = RootSpans.for_provider(provider, tracer)
     assert roots is not None
@@ -488,17 +495,13 @@ def test_a_leaf_ends_once_and_is_not_changed_after_it_ended(
 
 
 def test_a_processor_that_watches_span_starts_gets_the_sdks_spans_even_added_later() -> None:
-    started: list[str] = []
-
-    class Watching(SimpleSpanProcessor):
-        def on_start(self, span: Any, parent_context: Any = None) -> None:
-            started.append(span.name)
-
     provider, exporter = _exported_provider(ParentBasedTraceIdRatio(1.0))
     _, leaves = _leaves(provider)
     parent = _parent_context()
     assert type(leaves.start_child("A", SpanKind.CLIENT, {}, parent)) is LeafSpan
-    provider.add_span_processor(Watching(InMemorySpanExporter()))
+    watching = _WatchingStarts(InMemorySpanExporter())
+    started = watching.started
+    provider.add_span_processor(watching)
     span = leaves.start_child("B", SpanKind.CLIENT, {}, parent)
     assert type(span) is not LeafSpan
     assert isinstance(span, _Span)

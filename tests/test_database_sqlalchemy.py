@@ -119,6 +119,12 @@ def _request(request: str, route: str, parent: Context | None = None) -> Iterato
         reset_request_id(token)
 
 
+def _unsampled_parent(number: int) -> Context:
+    """A remote caller's context whose trace is not sampled (its own trace id per number)."""
+    unsampled = SpanContext(0xABC + number, 0xDEF, is_remote=True, trace_flags=TraceFlags(0))
+    return trace.set_span_in_context(NonRecordingSpan(unsampled))
+
+
 def _load_books_lazily(engine: Engine) -> int:
     with Session(engine) as session:
         authors = session.scalars(select(Author).order_by(Author.id)).all()
@@ -333,15 +339,8 @@ def _unsampled_requests(engine: Engine, statement: str, request_ids: list[str]) 
     """
     with engine.connect() as connection:
         for number, request in enumerate(request_ids, start=1):
-            unsampled = SpanContext(
-                0xABC + number, 0xDEF, is_remote=True, trace_flags=TraceFlags(0)
-            )
-            token = bind_request_id(request)
-            try:
-                with trace.use_span(NonRecordingSpan(unsampled)), work_scope("http", "/stable"):
-                    connection.execute(text(statement), {"id": number})
-            finally:
-                reset_request_id(token)
+            with _request(request, "/stable", _unsampled_parent(number)):
+                connection.execute(text(statement), {"id": number})
         rows = connection.exec_driver_sql("SELECT statement FROM pg_prepared_statements")
         return [row[0] for row in rows]
 
@@ -462,14 +461,9 @@ async def test_asyncpg_prepares_an_unsampled_statement_once_by_default_and_per_r
     try:
         async with async_engine.connect() as connection:
             for number in range(1, 7):
-                unsampled = SpanContext(0xABC + number, 0xDEF, True, TraceFlags(0))
-                token = bind_request_id(f"req-async-{number}")
-                try:
-                    with trace.use_span(NonRecordingSpan(unsampled)), work_scope("http", "/a"):
-                        statement = text("SELECT name FROM authors WHERE id = :id")
-                        await connection.execute(statement, {"id": number})
-                finally:
-                    reset_request_id(token)
+                with _request(f"req-async-{number}", "/a", _unsampled_parent(number)):
+                    statement = text("SELECT name FROM authors WHERE id = :id")
+                    await connection.execute(statement, {"id": number})
                 await connection.rollback()  # a request's end: asyncpg keeps its cache
             rows = await connection.exec_driver_sql("SELECT statement FROM pg_prepared_statements")
             prepared = [row[0] for row in rows if row[0].startswith("SELECT name FROM authors")]

@@ -38,7 +38,7 @@ from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import Decision
-from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.util.types import Attributes, AttributeValue
 
 from stackwatch.traces import DirectSpans, private_copy
@@ -61,17 +61,11 @@ class LeafSpans:
     def __init__(self, direct: DirectSpans) -> None:
         tracer = direct.tracer
         self._direct = direct
-        self._ids = tracer.id_generator
         self._processor = tracer.span_processor
-        self._limits = tracer._span_limits
+        self._max_attributes = tracer._span_limits.max_span_attributes
         metrics = tracer._tracer_metrics
         # The SDK's own span counts (off unless its self-metrics are switched on).
         self._metrics = None if type(metrics) is NoOpTracerMetrics else metrics
-        # A child's flags: sampled, and the parent's random-trace-id bit.
-        self._child_flags = (
-            TraceFlags(TraceFlags.SAMPLED),
-            TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID),
-        )
         self._resource = tracer.resource
         self._scope = tracer._instrumentation_scope
         self._info = tracer.instrumentation_info
@@ -148,13 +142,10 @@ class LeafSpans:
             if not _ignore_starts(processors):
                 return self._direct.start_child(name, kind, attributes, parent)
             self._quiet = processors
-        limit = self._limits.max_span_attributes
-        if not self._direct.enabled() or (limit is not None and len(attributes) > limit):
-            return self._direct.start_child(name, kind, attributes, parent)
-        flags = self._child_flags[parent.trace_flags & TraceFlags.RANDOM_TRACE_ID != 0]
-        context = SpanContext(
-            parent.trace_id, self._ids.generate_span_id(), False, flags, parent.trace_state
-        )
+        direct, limit = self._direct, self._max_attributes
+        if not direct.enabled() or (limit is not None and len(attributes) > limit):
+            return direct.start_child(name, kind, attributes, parent)
+        context = direct.child_context(parent)
         metrics = self._metrics
         ended = None if metrics is None else metrics.start_span(parent, Decision.RECORD_AND_SAMPLE)
         return LeafSpan(self, name, kind, attributes, context, parent, time_ns(), ended)

@@ -155,6 +155,11 @@ class PresetTraceIdGenerator(RandomIdGenerator):
 
 
 _NO_CONTEXT = otel_context.Context()
+# A sampled child's flags, by the parent's random-trace-id bit.
+_CHILD_FLAGS = (
+    TraceFlags(TraceFlags.SAMPLED),
+    TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID),
+)
 
 
 class DirectSpans:
@@ -276,14 +281,17 @@ class DirectSpans:
         began as a ``LeafSpan``: its ids, its start, its count in the SDK's metrics.
         """
         if context is None:
-            flags = TraceFlags(
-                TraceFlags.SAMPLED | (parent.trace_flags & TraceFlags.RANDOM_TRACE_ID)
-            )
-            context = SpanContext(
-                parent.trace_id, self._ids.generate_span_id(), False, flags, parent.trace_state
-            )
+            context = self.child_context(parent)
         return self._start(
             name, kind, attributes, context, parent, parent_context, start_time, ended_metrics
+        )
+
+    def child_context(self, parent: SpanContext) -> SpanContext:
+        """A new span's context under ``parent`` (a local sampled span's), as the SDK
+        makes it: the parent's trace and trace state, sampled, its random-trace-id bit."""
+        flags = _CHILD_FLAGS[parent.trace_flags & TraceFlags.RANDOM_TRACE_ID != 0]
+        return SpanContext(
+            parent.trace_id, self._ids.generate_span_id(), False, flags, parent.trace_state
         )
 
     def _start(
