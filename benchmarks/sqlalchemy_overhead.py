@@ -13,7 +13,9 @@ as ``setup()`` builds it (so sampled statements get leaf spans, as in an app) an
 through its bounded BatchSpanProcessor into a discarding exporter: the SDK's cost,
 not a network's.
 
-Variants: bare; stackwatch defaults in a sampled request (span + the comment with
+Variants: bare; bare with three engine listeners that do nothing (what SQLAlchemy charges
+for any engine listener) and with do_execute hooks that only send the statement (the
+floor of stackwatch's hooks); stackwatch defaults in a sampled request (span + the comment with
 request id and traceparent + metrics + per-request counting); without the comment;
 in a request that is not sampled (OTEL_TRACES_SAMPLER_ARG < 1: no span, the comment
 carries the route only); that without the comment, and with the full comment
@@ -38,7 +40,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
-from sqlalchemy import Connection, TextClause, create_engine, event, text
+from sqlalchemy import Connection, Engine, TextClause, create_engine, event, text
 
 import stackwatch
 from stackwatch.requestid import bind_request_id, new_request_id, reset_request_id
@@ -65,7 +67,8 @@ class Variant(NamedTuple):
     commenter: str  # STACKWATCH_SQL_COMMENTER
     request: Literal["sampled", "unsampled", "10pct", None]  # None: outside any request
     root_spans: bool = False
-    noop_listeners: bool = False  # bare engine with listeners that do nothing
+    noop_listeners: bool = False  # bare engine with engine listeners that do nothing
+    noop_hooks: bool = False  # bare engine with do_execute hooks that only send the statement
 
 
 def _noop_before(*args: Any) -> tuple[Any, Any]:
@@ -76,10 +79,29 @@ def _noop(*args: Any) -> None:
     return None
 
 
+def _sending_hooks(engine: Engine) -> None:
+    """do_execute hooks that send the statement and nothing else: stackwatch's floor."""
+    dialect = engine.dialect
+
+    def execute(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+        dialect.do_execute(cursor, statement, parameters, context)
+        return True
+
+    def execute_no_params(cursor: Any, statement: str, context: Any) -> bool:
+        dialect.do_execute_no_params(cursor, statement, context)
+        return True
+
+    event.listen(engine, "do_execute", execute)
+    event.listen(engine, "do_execute_no_params", execute_no_params)
+
+
 VARIANTS = {
     "bare": Variant(instrumented=False, commenter="off", request="sampled"),
     "bare, no-op listeners": Variant(
         instrumented=False, commenter="off", request="sampled", noop_listeners=True
+    ),
+    "bare, no-op do_execute hook": Variant(
+        instrumented=False, commenter="off", request="sampled", noop_hooks=True
     ),
     "stackwatch defaults": Variant(instrumented=True, commenter="sampled", request="sampled"),
     "no comment": Variant(instrumented=True, commenter="off", request="sampled"),
@@ -160,6 +182,8 @@ def main() -> None:
             event.listen(engine, "before_cursor_execute", _noop_before, retval=True, insert=True)
             event.listen(engine, "after_cursor_execute", _noop)
             event.listen(engine, "handle_error", _noop)
+        if variant.noop_hooks:  # the floor of stackwatch's hooks
+            _sending_hooks(engine)
         if variant.instrumented:
             settings = load_settings(sql_commenter=variant.commenter)
             stackwatch.instrument_sqlalchemy(

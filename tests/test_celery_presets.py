@@ -201,12 +201,12 @@ def test_sql_of_a_task_is_counted_per_task_and_commented_with_its_request_id(
 
     from stackwatch.settings import load_settings
     from stackwatch.sqlalchemy import instrument_sqlalchemy, uninstrument_sqlalchemy
+    from tests.support.sent_sql import record_sent
 
     engine = sqlalchemy.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://"))
     # No recorded trace here: the default comment would carry the route only.
     instrument_sqlalchemy(engine, settings=load_settings(sql_commenter="full"))
-    sent: list[str] = []
-    sqlalchemy.event.listen(engine, "after_cursor_execute", lambda *args: sent.append(str(args[2])))
+    sent = record_sent(engine)
 
     @app.task(shared=False, name="t.sql")
     def three_queries() -> None:

@@ -37,6 +37,7 @@ from stackwatch.scope import work_scope
 from stackwatch.settings import load_settings
 from stackwatch.sqltext import parse_sqlcomment
 from stackwatch.traces import ParentBasedTraceIdRatio, PresetTraceIdGenerator
+from tests.support.sent_sql import record_sent, watch_sent
 
 pytestmark = pytest.mark.integration
 
@@ -91,14 +92,8 @@ def logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
 @pytest.fixture
 def sent_statements(engine: Engine) -> list[str]:
     """Every statement text exactly as handed to the driver, comments included."""
-    seen: list[str] = []
-
-    def remember(*args: Any) -> None:
-        seen.append(args[2])
-
     stackwatch.instrument_sqlalchemy(engine, settings=load_settings())
-    event.listen(engine, "after_cursor_execute", remember)
-    return seen
+    return record_sent(engine)
 
 
 def _sample(name: str, **labels: str) -> float:
@@ -248,6 +243,55 @@ def test_query_duration_histogram_is_labelled_by_operation(engine: Engine) -> No
     assert _sample("db_query_duration_seconds_count", operation="UPDATE") == before + 1
 
 
+def test_hooks_run_after_the_engines_listeners_and_leave_its_event_dispatch_off(
+    pg_url: str, spans: InMemorySpanExporter
+) -> None:
+    """stackwatch hooks the dialect's do_execute, do_execute_no_params and do_executemany:
+    the engine gets no listener, so SQLAlchemy's per-statement engine events stay off;
+    the application's own engine listeners run first and stackwatch counts, comments,
+    times and traces the text they hand on; the dialect's own queries on a new engine's
+    first connection are not the request's."""
+    engine = create_engine(_sqlalchemy_url(pg_url, "psycopg"))  # not connected yet
+    try:
+        stackwatch.instrument_sqlalchemy(engine, settings=load_settings(sql_commenter="full"))
+        assert not engine._has_events  # the flag SQLAlchemy's engine-event dispatch checks
+        sent = record_sent(engine)
+
+        def rewrite(conn: Any, cursor: Any, statement: str, *rest: Any) -> tuple[str, Any]:
+            return statement.replace("SELECT 1", "SELECT 2"), rest[0]
+
+        event.listen(engine, "before_cursor_execute", rewrite, retval=True)
+        updates = _sample("db_query_duration_seconds_count", operation="UPDATE")
+        failures = _sample("db_query_duration_seconds_count", operation="SELECT")
+        with _request("req-hooks", "/hooks") as request, engine.connect() as connection:
+            assert connection.execute(text("SELECT 1")).scalar_one() == 2
+            connection.execute(text("CREATE TEMP TABLE t (id int, name text)"))
+            connection.execute(text("INSERT INTO t VALUES (1, 'a'), (2, 'b')"))
+            connection.execute(  # several parameter sets: the driver's executemany
+                text("UPDATE t SET name = :name WHERE id = :id"),
+                [{"id": 1, "name": "x"}, {"id": 2, "name": "y"}],
+            )
+            with pytest.raises(DBAPIError):
+                connection.exec_driver_sql("SELECT 1 / 0")
+            scope = sw_sqlalchemy.current_scope()
+            assert scope is not None and scope.queries == 5
+    finally:
+        engine.dispose()
+    dialects_own, statements = sent[:3], sent[3:]
+    assert "/*" not in " ".join(dialects_own)  # version, schema, settings: not counted either
+    assert [parse_sqlcomment(text_.replace("%%", "%"))["request_id"] for text_ in statements] == [
+        "req-hooks"
+    ] * 5
+    assert statements[0].startswith("SELECT 2 /*")
+    assert statements[3].startswith("UPDATE t SET name = %(name)s WHERE id = %(id)s /*")
+    assert _sample("db_query_duration_seconds_count", operation="UPDATE") == updates + 1
+    assert _sample("db_query_duration_seconds_count", operation="SELECT") == failures + 2
+    client = [s for s in spans.get_finished_spans() if s.kind == trace.SpanKind.CLIENT]
+    assert len(client) == 5
+    assert all(s.parent and s.parent.span_id == request.get_span_context().span_id for s in client)
+    assert client[-1].status.status_code is StatusCode.ERROR
+
+
 HOSTILE_REQUEST_ID = "x'*/; DROP TABLE authors; --\n%s%(x)s"
 
 
@@ -322,9 +366,8 @@ def test_sql_comment_carries_request_id_route_and_the_request_span_traceparent(
 
 @pytest.mark.parametrize("off", ["off", False])
 def test_sql_commenter_can_be_turned_off(engine: Engine, off: str | bool) -> None:
-    seen: list[str] = []
     stackwatch.instrument_sqlalchemy(engine, settings=load_settings(sql_commenter=off))
-    event.listen(engine, "after_cursor_execute", lambda *args: seen.append(args[2]))
+    seen = record_sent(engine)
     with _request("req-off", "/x"), engine.connect() as connection:
         connection.execute(text("SELECT 1"))
     assert seen == ["SELECT 1"]
@@ -396,8 +439,7 @@ def test_full_comment_makes_every_request_a_new_text_that_is_never_prepared(
 def test_instrumenting_twice_makes_one_span_and_uninstrument_removes_everything(
     engine: Engine, spans: InMemorySpanExporter
 ) -> None:
-    seen: list[str] = []
-    event.listen(engine, "after_cursor_execute", lambda *args: seen.append(args[2]))
+    seen = record_sent(engine)
     tracer = trace.get_tracer("test")
     stackwatch.instrument_sqlalchemy(engine)
     stackwatch.instrument_sqlalchemy(engine)
@@ -426,9 +468,8 @@ async def test_async_engine_gets_spans_comments_and_n_plus_one_detection(
     async_engine = create_async_engine(
         engine.url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
     )
-    seen: list[str] = []
     stackwatch.instrument_sqlalchemy(async_engine, settings=load_settings(nplusone_threshold=3))
-    event.listen(async_engine.sync_engine, "after_cursor_execute", lambda *a: seen.append(a[2]))
+    seen = record_sent(async_engine)
     try:
         with (
             trace.get_tracer("test").start_as_current_span("GET /async/{id}"),
@@ -535,8 +576,7 @@ def test_a_failing_listener_never_breaks_the_query_and_is_logged_once(
 def test_statements_outside_any_span_get_no_span_unless_root_spans_is_asked_for(
     engine: Engine, spans: InMemorySpanExporter
 ) -> None:
-    seen: list[str] = []
-    event.listen(engine, "after_cursor_execute", lambda *args: seen.append(args[2]))
+    seen = record_sent(engine)
     stackwatch.instrument_sqlalchemy(engine, settings=load_settings())
     before = _sample("db_query_duration_seconds_count", operation="SELECT")
     with engine.connect() as connection:
@@ -589,8 +629,7 @@ def test_engine_already_traced_by_contrib_keeps_its_spans_and_gets_no_second_one
     # What opentelemetry-instrument does to every engine it sees created.
     counter = metrics.get_meter("test").create_up_down_counter("test.connections")
     EngineTracer(trace.get_tracer("contrib"), engine, counter)
-    seen: list[str] = []
-    event.listen(engine, "after_cursor_execute", lambda *args: seen.append(args[2]))
+    seen = record_sent(engine)
     stackwatch.instrument_sqlalchemy(engine, settings=load_settings())
     try:
         with (
@@ -689,9 +728,7 @@ def test_statement_spans_under_stackwatchs_provider_start_directly_and_export_th
     statement_spans = _statement_spans_of(engine, provider)
     started: list[type] = []
 
-    @event.listens_for(engine, "before_cursor_execute")
-    def _started(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        started.append(type(getattr(args[1], "_otel_span", None)))
+    watch_sent(engine, lambda _, ctx: started.append(type(getattr(ctx, "_otel_span", None))))
 
     def client_spans() -> list[tuple[Any, ...]]:
         with (
@@ -732,8 +769,7 @@ def test_root_statement_spans_under_stackwatchs_provider_are_the_sdks_own(
     RootSpans (the sampling decision taken up front, the span started directly): the
     same span, comment and decision as start_span gives."""
     provider, exporter = _stackwatch_provider(ratio)
-    seen: list[str] = []
-    event.listen(engine, "after_cursor_execute", lambda *args: seen.append(args[2]))
+    seen = record_sent(engine)
     statement_spans = _statement_spans_of(engine, provider, root_spans=True)
 
     def root_spans() -> list[tuple[Any, ...]]:

@@ -35,12 +35,11 @@ from opentelemetry.instrumentation.sqlalchemy.engine import (
     _get_attributes_from_cursor_or_conn,
     _get_attributes_from_url,
     _get_db_name_from_cursor_or_conn,
-    _handle_error,
 )
 from opentelemetry.instrumentation.sqlalchemy.version import __version__ as _contrib_version
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.semconv.metrics import MetricInstruments
-from opentelemetry.trace import SpanContext
+from opentelemetry.trace import SpanContext, Status, StatusCode
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -63,9 +62,6 @@ __all__ = ["NPlusOneError", "instrument_sqlalchemy", "uninstrument_sqlalchemy"]
 _log = structlog.get_logger("stackwatch.sqlalchemy")
 _T = TypeVar("_T")
 
-# The attribute our listeners keep on SQLAlchemy's ExecutionContext between the
-# before and after events (the contrib instrumentation keeps its span the same way).
-_CONTEXT_ATTRIBUTE = "_stackwatch_query"
 _PARAMETERS_LOG_CHARS = 1000
 _EXAMPLE_CHARS = 1000
 # Caches keyed by statement text are bounded: a loop of literal SQL makes every text new.
@@ -241,10 +237,30 @@ class _StatementSpans(EngineTracer):
         return fields
 
 
+def _unwatched(context: Any) -> bool:
+    """A statement SQLAlchemy runs with engine events switched off: the dialect's own
+    queries on a new engine's first connection (server version, schema, settings), which
+    engine listeners never see either."""
+    return context.root_connection.__dict__.get("_has_events") is False
+
+
 @dataclass
 class _QueryListeners:
-    """The event listeners of one instrumented engine: one per SQLAlchemy event, one pass each."""
+    """What one instrumented engine runs around each statement, hooked where it costs least.
 
+    The hooks are the dialect's ``do_execute`` events (and their ``no_params`` and
+    ``executemany`` forms): each runs the driver's call itself, between counting,
+    commenting and starting the span before it and timing and ending the span after
+    it. Engine events (``before_cursor_execute``, ``after_cursor_execute``,
+    ``handle_error``) would do the same in three listeners, but once an engine has any
+    listener SQLAlchemy also dispatches its other per-statement events, which costs a
+    ``SELECT 1`` about a sixth of its client time before a listener does anything
+    (``benchmarks/sqlalchemy_overhead.py``, "bare, no-op listeners"). A dialect hook
+    costs a twentieth of that. Hooks are appended after any the application has:
+    one of those that runs the statement itself takes the statement from us.
+    """
+
+    dialect: Any  # the engine's Dialect, whose do_execute* methods send the statement
     slow_query_s: float
     log_parameters: bool
     nplusone: NPlusOneMode
@@ -263,6 +279,7 @@ class _QueryListeners:
         cls, settings: Settings, engine: Engine, *, root_spans: bool
     ) -> _QueryListeners:
         return cls(
+            dialect=engine.dialect,
             slow_query_s=settings.slow_query_ms / 1000.0,
             log_parameters=settings.log_sql_parameters,
             nplusone=settings.nplusone,
@@ -272,19 +289,57 @@ class _QueryListeners:
             root_spans=root_spans,
         )
 
-    def before(
-        self,
-        conn: Any,
-        cursor: Any,
-        statement: str,
-        parameters: Any,
-        context: Any,
-        executemany: bool,
-    ) -> tuple[str, Any]:
+    def execute(self, cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+        """The dialect's ``do_execute``, around the driver's ``cursor.execute``.
+
+        Returns True: the statement has run (SQLAlchemy then skips its own call).
+        """
+        if context is None or _unwatched(context):
+            return False
+        sent, started = self._start(cursor, statement, parameters, context)
+        try:
+            self.dialect.do_execute(cursor, sent, parameters, context)
+        except BaseException as error:
+            self._failed(statement, parameters, context, started, error)
+            raise
+        self._finished(statement, parameters, context, started)
+        return True
+
+    def execute_no_params(self, cursor: Any, statement: str, context: Any) -> bool:
+        """The dialect's ``do_execute_no_params`` (a statement sent without formatting)."""
+        if context is None or _unwatched(context):
+            return False
+        sent, started = self._start(cursor, statement, None, context)
+        try:
+            self.dialect.do_execute_no_params(cursor, sent, context)
+        except BaseException as error:
+            self._failed(statement, None, context, started, error)
+            raise
+        self._finished(statement, None, context, started)
+        return True
+
+    def executemany(self, cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+        """The dialect's ``do_executemany``."""
+        if context is None or _unwatched(context):
+            return False
+        sent, started = self._start(cursor, statement, parameters, context)
+        try:
+            self.dialect.do_executemany(cursor, sent, parameters, context)
+        except BaseException as error:
+            self._failed(statement, parameters, context, started, error)
+            raise
+        self._finished(statement, parameters, context, started)
+        return True
+
+    def _start(
+        self, cursor: Any, statement: str, parameters: Any, context: Any
+    ) -> tuple[str, float]:
         """Count the statement, start its span if wanted, append the comment, start the clock.
 
-        Registered ahead of every other listener, so that ``NPlusOneError`` stops the
-        statement before any span is started for it. Each part fails on its own: a
+        Runs inside SQLAlchemy's error handling, after the engine's own
+        ``before_cursor_execute`` listeners (the text they hand on is the one counted and
+        commented), so ``NPlusOneError`` stops the statement before any span of ours is
+        started and reaches the caller as it was raised. Each part fails on its own: a
         broken one costs its own telemetry, never the others' or the query.
         """
         scope = current_scope()
@@ -303,7 +358,7 @@ class _QueryListeners:
             current.trace_flags.sampled if current.is_valid else self.root_spans
         ):
             try:
-                self.spans.start(conn, cursor, statement, context, current)
+                self.spans.start(context.root_connection, cursor, statement, context, current)
             except Exception:
                 self._listener_failed("span")
         sent = statement
@@ -314,8 +369,7 @@ class _QueryListeners:
                     sent = f"{statement} {comment}"
             except Exception:
                 self._listener_failed("comment")
-        setattr(context, _CONTEXT_ATTRIBUTE, (statement, time.perf_counter()))
-        return sent, parameters
+        return sent, time.perf_counter()
 
     def _count(self, scope: WorkScope, statement: str) -> None:
         """Count the statement into its request or task; the N+1 check happens here."""
@@ -370,44 +424,44 @@ class _QueryListeners:
             self.percent_placeholders and not sent_raw,
         )
 
-    def finished(
+    def _finished(self, statement: str, parameters: Any, context: Any, started: float) -> None:
+        """Stop the clock, end the span, record the duration of a statement that completed."""
+        elapsed = time.perf_counter() - started
+        if self.spans is not None:
+            span = getattr(context, "_otel_span", None)
+            if span is not None:
+                try:
+                    span.end()  # what contrib's after_cursor_execute listener does
+                except Exception:
+                    self._listener_failed("span")
+        try:
+            self._record(statement, elapsed, context, parameters)
+        except Exception:
+            self._listener_failed("finished")
+
+    def _failed(
         self,
-        conn: Any,
-        cursor: Any,
         statement: str,
         parameters: Any,
         context: Any,
-        executemany: bool,
+        started: float,
+        error: BaseException,
     ) -> None:
-        """Stop the clock, end the span, record the duration of a statement that completed."""
-        started = getattr(context, _CONTEXT_ATTRIBUTE, None)
-        elapsed = time.perf_counter() - started[1] if started is not None else 0.0
-        if self.spans is not None:
-            try:
-                _after_cur_exec(conn, cursor, statement, parameters, context, executemany)
-            except Exception:
-                self._listener_failed("span")
-        if started is not None:
-            try:
-                self._record(started[0], elapsed, context, parameters)
-            except Exception:
-                self._listener_failed("finished")
-
-    def failed(self, exception_context: Any) -> None:
         """The same for a statement that raised (a timeout is often the slowest)."""
-        context = exception_context.execution_context
-        started = getattr(context, _CONTEXT_ATTRIBUTE, None) if context is not None else None
-        elapsed = time.perf_counter() - started[1] if started is not None else 0.0
+        elapsed = time.perf_counter() - started
         if self.spans is not None:
-            try:
-                _handle_error(exception_context)
-            except Exception:
-                self._listener_failed("span")
-        if started is not None:
-            try:
-                self._record(started[0], elapsed, context, exception_context.parameters)
-            except Exception:
-                self._listener_failed("failed")
+            span = getattr(context, "_otel_span", None)
+            if span is not None:
+                try:  # what contrib's handle_error listener does
+                    if span.is_recording():
+                        span.set_status(Status(StatusCode.ERROR, str(error)))
+                    span.end()
+                except Exception:
+                    self._listener_failed("span")
+        try:
+            self._record(statement, elapsed, context, parameters)
+        except Exception:
+            self._listener_failed("failed")
 
     def _listener_failed(self, stage: str) -> None:
         """Telemetry never breaks a query: log a listener's failure once, then stay quiet."""
@@ -419,7 +473,6 @@ class _QueryListeners:
         )
 
     def _record(self, statement: str, elapsed: float, context: Any, parameters: Any) -> None:
-        setattr(context, _CONTEXT_ATTRIBUTE, None)
         histogram = self._durations.get(statement)
         if histogram is None:
             histogram = self._duration_histogram(statement)
@@ -536,15 +589,12 @@ def instrument_sqlalchemy(
         if owns_spans:
             listeners.spans = _attach_contrib_spans(sync_engine)
         attached: list[tuple[str, Callable[..., Any]]] = [
-            ("before_cursor_execute", listeners.before),
-            ("after_cursor_execute", listeners.finished),
-            ("handle_error", listeners.failed),
+            ("do_execute", listeners.execute),
+            ("do_execute_no_params", listeners.execute_no_params),
+            ("do_executemany", listeners.executemany),
         ]
-        event.listen(
-            sync_engine, "before_cursor_execute", listeners.before, retval=True, insert=True
-        )
-        event.listen(sync_engine, "after_cursor_execute", listeners.finished)
-        event.listen(sync_engine, "handle_error", listeners.failed)
+        for identifier, hook in attached:
+            event.listen(sync_engine, identifier, hook)
         _instrumented[sync_engine] = _Instrumentation(attached, owns_spans)
         register_scope_closer(_close_scope)
 
