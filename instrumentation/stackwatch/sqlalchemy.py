@@ -10,9 +10,11 @@ and the server's slow log point back at the endpoint and the trace without makin
 every request's statements new texts), and per-request statement counts that expose
 N+1 patterns while the request is still being served.
 
-The per-statement path is what a fast query pays for, so it is one listener per
-SQLAlchemy event, and what does not change per statement (the comment of a request,
-the labelled histogram of a statement) is computed once and looked up after that.
+The per-statement path is what a fast query pays for, so it is one hook on the
+dialect's ``do_execute`` (no engine listener, whose presence alone makes SQLAlchemy
+dispatch all its per-statement engine events), and what does not change per statement
+(the comment of a request, the labelled histogram of a statement) is computed once and
+looked up after that.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ _PARAMETERS_LOG_CHARS = 1000
 _EXAMPLE_CHARS = 1000
 # Caches keyed by statement text are bounded: a loop of literal SQL makes every text new.
 _CACHED_TEXTS = 4096
-# contrib's listeners for these events are called by ours, only for statements with a span.
+# contrib's per-statement listeners are not attached: stackwatch's hooks do their work.
 _STATEMENT_EVENTS = frozenset({"before_cursor_execute", "after_cursor_execute", "handle_error"})
 # Where a DBAPI connection's span attributes are kept: SQLAlchemy's per-connection info dict.
 _CONNECTION_FIELDS = "stackwatch.span_fields"
@@ -125,10 +127,10 @@ class _StatementSpans(EngineTracer):
     """OpenTelemetry contrib's ``EngineTracer``, its statement spans started by stackwatch.
 
     Its connection-pool listeners are attached as usual. Its per-statement ones are
-    not attached: stackwatch's listeners start a span only for a statement that gets
+    not attached: stackwatch's hooks start a span only for a statement that gets
     one (left to itself, contrib computes a span's name and attributes for every
-    statement, recording or not, which costs more than a fast query), and contrib's
-    span end and error handler close it.
+    statement, recording or not, which costs more than a fast query), and end it as
+    contrib's after and error listeners would.
 
     The span is contrib's span: the same name, kind and attributes, computed by
     contrib's own functions. But contrib derives the connection's attributes and
@@ -256,7 +258,7 @@ class _QueryListeners:
     listener SQLAlchemy also dispatches its other per-statement events, which costs a
     ``SELECT 1`` about a sixth of its client time before a listener does anything
     (``benchmarks/sqlalchemy_overhead.py``, "bare, no-op listeners"). A dialect hook
-    costs a twentieth of that. Hooks are appended after any the application has:
+    costs about a third of that. Hooks are appended after any the application has:
     one of those that runs the statement itself takes the statement from us.
     """
 
