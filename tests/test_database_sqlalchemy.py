@@ -274,7 +274,8 @@ def test_hooks_run_after_the_engines_listeners_and_leave_its_event_dispatch_off(
             with pytest.raises(DBAPIError):
                 connection.exec_driver_sql("SELECT 1 / 0")
             scope = sw_sqlalchemy.current_scope()
-            assert scope is not None and scope.queries == 5
+            assert scope is not None
+            assert scope.queries == 5
     finally:
         engine.dispose()
     dialects_own, statements = sent[:3], sent[3:]
