@@ -258,8 +258,9 @@ class _QueryListeners:
     listener SQLAlchemy also dispatches its other per-statement events, which costs a
     ``SELECT 1`` about a sixth of its client time before a listener does anything
     (``benchmarks/sqlalchemy_overhead.py``, "bare, no-op listeners"). A dialect hook
-    costs about a third of that. Hooks are appended after any the application has:
-    one of those that runs the statement itself takes the statement from us.
+    costs about a third of that. SQLAlchemy stops at the first hook that sent the
+    statement: ours are appended after any the application has (one of those that sends
+    the statement itself takes it from us), and one added after ours is never called.
     """
 
     dialect: Any  # the engine's Dialect, whose do_execute* methods send the statement
