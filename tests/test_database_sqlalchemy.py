@@ -293,6 +293,58 @@ def test_hooks_run_after_the_engines_listeners_and_leave_its_event_dispatch_off(
     assert client[-1].status.status_code is StatusCode.ERROR
 
 
+def test_do_execute_hooks_of_the_application_still_run_before_and_after_stackwatchs(
+    engine: Engine,
+) -> None:
+    """SQLAlchemy stops at the first do_execute hook that sent the statement. The
+    application's hooks still run, in order, whether added before or after
+    instrumenting; one that sends the statement itself sends it once, stackwatch's
+    comment included when it was added after stackwatch's hook."""
+    calls: list[str] = []
+
+    def observe_before(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+        calls.append("before")
+        return False
+
+    def observe_after(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+        calls.append("after")
+        return False
+
+    sent_by_the_application: list[str] = []
+
+    def send_after(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+        calls.append("sent by the application")
+        sent_by_the_application.append(statement)
+        cursor.execute(statement, parameters)
+        return True
+
+    event.listen(engine, "do_execute", observe_before)
+    stackwatch.instrument_sqlalchemy(engine, settings=load_settings(sql_commenter="full"))
+    event.listen(engine, "do_execute", observe_after)
+    sent = record_sent(engine)
+    with _request("req-app-hooks", "/app-hooks"), engine.connect() as connection:
+        assert connection.execute(text("SELECT :n"), {"n": 7}).scalar_one() == 7
+        assert calls == ["before", "after"]
+        assert parse_sqlcomment(sent[-1].replace("%%", "%"))["request_id"] == "req-app-hooks"
+
+        event.listen(engine, "do_execute", send_after)
+        calls.clear()
+        sent.clear()
+        connection.execute(text("CREATE TEMP TABLE seen (n int)"))
+        connection.execute(text("INSERT INTO seen VALUES (:n)"), {"n": 1})
+        assert calls == ["before", "after", "sent by the application"] * 2
+        assert sent == []  # the application's hook sent them, not the dialect
+        assert [
+            parse_sqlcomment(text_.replace("%%", "%"))["request_id"]
+            for text_ in sent_by_the_application
+        ] == ["req-app-hooks"] * 2
+        assert connection.execute(text("SELECT count(*) FROM seen")).scalar_one() == 1
+        scope = sw_sqlalchemy.current_scope()
+        assert scope is not None
+        assert scope.queries == 4
+    event.remove(engine, "do_execute", send_after)
+
+
 HOSTILE_REQUEST_ID = "x'*/; DROP TABLE authors; --\n%s%(x)s"
 
 

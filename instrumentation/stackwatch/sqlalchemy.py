@@ -23,7 +23,7 @@ import functools
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar
@@ -239,6 +239,21 @@ class _StatementSpans(EngineTracer):
         return fields
 
 
+def _send_through(
+    hooks: Sequence[Callable[..., Any]],
+    mine: Callable[..., Any],
+    send: Callable[..., Any],
+    *args: Any,
+) -> None:
+    """Call the hooks registered after ``mine`` as SQLAlchemy would, then ``send`` if none
+    of them sent the statement itself."""
+    registered = list(hooks)
+    for hook in registered[registered.index(mine) + 1 :] if mine in registered else ():
+        if hook(*args):
+            return
+    send(*args)
+
+
 def _unwatched(context: Any) -> bool:
     """A statement SQLAlchemy runs with engine events switched off: the dialect's own
     queries on a new engine's first connection (server version, schema, settings), which
@@ -260,7 +275,8 @@ class _QueryListeners:
     (``benchmarks/sqlalchemy_overhead.py``, "bare, no-op listeners"). A dialect hook
     costs about a third of that. SQLAlchemy stops at the first hook that sent the
     statement: ours are appended after any the application has (one of those that sends
-    the statement itself takes it from us), and one added after ours is never called.
+    the statement itself takes it from us), and ours call those added after them, in
+    order, so that the application's hooks run as they would without stackwatch.
     """
 
     dialect: Any  # the engine's Dialect, whose do_execute* methods send the statement
@@ -273,6 +289,9 @@ class _QueryListeners:
     root_spans: bool
     # None when contrib's own instrumentation already traces the engine (its listeners run).
     spans: _StatementSpans | None = None
+    # Dialect event -> the hooks registered on the dialect for it, ours included, in
+    # calling order (SQLAlchemy's own list, read to find hooks added after ours).
+    registered_hooks: dict[str, Sequence[Callable[..., Any]]] = field(default_factory=dict)
     # Statement text -> its db_query_duration_seconds{operation} child, bounded.
     _durations: dict[str, Any] = field(default_factory=dict)
     _failed_stages: set[str] = field(default_factory=set)
@@ -301,7 +320,13 @@ class _QueryListeners:
             return False
         sent, started = self._start(cursor, statement, parameters, context)
         try:
-            self.dialect.do_execute(cursor, sent, parameters, context)
+            hooks = self.registered_hooks.get("do_execute")
+            if not hooks or hooks[-1] == self.execute:
+                self.dialect.do_execute(cursor, sent, parameters, context)
+            else:  # a hook added after ours: it runs, as it would without us
+                _send_through(
+                    hooks, self.execute, self.dialect.do_execute, cursor, sent, parameters, context
+                )
         except BaseException as error:
             self._failed(statement, parameters, context, started, error)
             raise
@@ -314,7 +339,18 @@ class _QueryListeners:
             return False
         sent, started = self._start(cursor, statement, None, context)
         try:
-            self.dialect.do_execute_no_params(cursor, sent, context)
+            hooks = self.registered_hooks.get("do_execute_no_params")
+            if not hooks or hooks[-1] == self.execute_no_params:
+                self.dialect.do_execute_no_params(cursor, sent, context)
+            else:  # a hook added after ours: it runs, as it would without us
+                _send_through(
+                    hooks,
+                    self.execute_no_params,
+                    self.dialect.do_execute_no_params,
+                    cursor,
+                    sent,
+                    context,
+                )
         except BaseException as error:
             self._failed(statement, None, context, started, error)
             raise
@@ -327,7 +363,19 @@ class _QueryListeners:
             return False
         sent, started = self._start(cursor, statement, parameters, context)
         try:
-            self.dialect.do_executemany(cursor, sent, parameters, context)
+            hooks = self.registered_hooks.get("do_executemany")
+            if not hooks or hooks[-1] == self.executemany:
+                self.dialect.do_executemany(cursor, sent, parameters, context)
+            else:  # a hook added after ours: it runs, as it would without us
+                _send_through(
+                    hooks,
+                    self.executemany,
+                    self.dialect.do_executemany,
+                    cursor,
+                    sent,
+                    parameters,
+                    context,
+                )
         except BaseException as error:
             self._failed(statement, parameters, context, started, error)
             raise
@@ -598,6 +646,11 @@ def instrument_sqlalchemy(
         ]
         for identifier, hook in attached:
             event.listen(sync_engine, identifier, hook)
+            registered = getattr(
+                getattr(sync_engine.dialect.dispatch, identifier), "listeners", None
+            )
+            if isinstance(registered, Sequence):
+                listeners.registered_hooks[identifier] = registered
         _instrumented[sync_engine] = _Instrumentation(attached, owns_spans)
         register_scope_closer(_close_scope)
 
