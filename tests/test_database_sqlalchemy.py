@@ -737,8 +737,7 @@ def test_statement_spans_have_contribs_name_kind_and_attributes(
 def _statement_spans_of(engine: Engine, provider: TracerProvider, **options: Any) -> Any:
     """Instrument ``engine`` with its statement spans taken from ``provider``'s tracer."""
     stackwatch.instrument_sqlalchemy(engine, settings=load_settings(), **options)
-    listeners = sw_sqlalchemy._instrumented[engine].listeners[0][1].__self__  # type: ignore[attr-defined]
-    statement_spans = listeners.spans
+    statement_spans = sw_sqlalchemy._instrumented[engine].query.spans
     statement_spans.tracer = provider.get_tracer("opentelemetry.instrumentation.sqlalchemy")
     return statement_spans
 

@@ -311,76 +311,34 @@ class _QueryListeners:
             root_spans=root_spans,
         )
 
-    def execute(self, cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
-        """The dialect's ``do_execute``, around the driver's ``cursor.execute``.
+    def hook(self, send: str) -> Callable[..., bool]:
+        """The hook for the dialect event ``send`` (``do_execute``, ``do_execute_no_params``
+        or ``do_executemany``), around the dialect's own method of that name.
 
-        Returns True: the statement has run (SQLAlchemy then skips its own call).
+        SQLAlchemy calls it as it would call that method, the execution context last. It
+        returns True once the statement is sent (SQLAlchemy then skips its own call).
         """
-        if context is None or _unwatched(context):
-            return False
-        sent, started = self._start(cursor, statement, parameters, context)
-        try:
-            hooks = self.registered_hooks.get("do_execute")
-            if not hooks or hooks[-1] == self.execute:
-                self.dialect.do_execute(cursor, sent, parameters, context)
-            else:  # a hook added after ours: it runs, as it would without us
-                _send_through(
-                    hooks, self.execute, self.dialect.do_execute, cursor, sent, parameters, context
-                )
-        except BaseException as error:
-            self._failed(statement, parameters, context, started, error)
-            raise
-        self._finished(statement, parameters, context, started)
-        return True
+        with_parameters = send != "do_execute_no_params"
 
-    def execute_no_params(self, cursor: Any, statement: str, context: Any) -> bool:
-        """The dialect's ``do_execute_no_params`` (a statement sent without formatting)."""
-        if context is None or _unwatched(context):
-            return False
-        sent, started = self._start(cursor, statement, None, context)
-        try:
-            hooks = self.registered_hooks.get("do_execute_no_params")
-            if not hooks or hooks[-1] == self.execute_no_params:
-                self.dialect.do_execute_no_params(cursor, sent, context)
-            else:  # a hook added after ours: it runs, as it would without us
-                _send_through(
-                    hooks,
-                    self.execute_no_params,
-                    self.dialect.do_execute_no_params,
-                    cursor,
-                    sent,
-                    context,
-                )
-        except BaseException as error:
-            self._failed(statement, None, context, started, error)
-            raise
-        self._finished(statement, None, context, started)
-        return True
+        def hook(cursor: Any, statement: str, *rest: Any) -> bool:
+            context = rest[-1]
+            if context is None or _unwatched(context):
+                return False
+            parameters = rest[0] if with_parameters else None
+            sent, started = self._start(cursor, statement, parameters, context)
+            try:
+                hooks = self.registered_hooks.get(send)
+                if not hooks or hooks[-1] is hook:
+                    getattr(self.dialect, send)(cursor, sent, *rest)
+                else:  # a hook added after ours: it runs, as it would without us
+                    _send_through(hooks, hook, getattr(self.dialect, send), cursor, sent, *rest)
+            except BaseException as error:
+                self._end(statement, parameters, context, started, error)
+                raise
+            self._end(statement, parameters, context, started)
+            return True
 
-    def executemany(self, cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
-        """The dialect's ``do_executemany``."""
-        if context is None or _unwatched(context):
-            return False
-        sent, started = self._start(cursor, statement, parameters, context)
-        try:
-            hooks = self.registered_hooks.get("do_executemany")
-            if not hooks or hooks[-1] == self.executemany:
-                self.dialect.do_executemany(cursor, sent, parameters, context)
-            else:  # a hook added after ours: it runs, as it would without us
-                _send_through(
-                    hooks,
-                    self.executemany,
-                    self.dialect.do_executemany,
-                    cursor,
-                    sent,
-                    parameters,
-                    context,
-                )
-        except BaseException as error:
-            self._failed(statement, parameters, context, started, error)
-            raise
-        self._finished(statement, parameters, context, started)
-        return True
+        return hook
 
     def _start(
         self, cursor: Any, statement: str, parameters: Any, context: Any
@@ -475,36 +433,22 @@ class _QueryListeners:
             self.percent_placeholders and not sent_raw,
         )
 
-    def _finished(self, statement: str, parameters: Any, context: Any, started: float) -> None:
-        """Stop the clock, end the span, record the duration of a statement that completed."""
-        elapsed = time.perf_counter() - started
-        if self.spans is not None:
-            span = getattr(context, "_otel_span", None)
-            if span is not None:
-                try:
-                    span.end()  # what contrib's after_cursor_execute listener does
-                except Exception:
-                    self._listener_failed("span")
-        try:
-            self._record(statement, elapsed, context, parameters)
-        except Exception:
-            self._listener_failed("finished")
-
-    def _failed(
+    def _end(
         self,
         statement: str,
         parameters: Any,
         context: Any,
         started: float,
-        error: BaseException,
+        error: BaseException | None = None,
     ) -> None:
-        """The same for a statement that raised (a timeout is often the slowest)."""
+        """Stop the clock, end the span, record the duration: of a statement that completed,
+        or of one that raised ``error`` (a timeout is often the slowest)."""
         elapsed = time.perf_counter() - started
         if self.spans is not None:
             span = getattr(context, "_otel_span", None)
             if span is not None:
-                try:  # what contrib's handle_error listener does
-                    if span.is_recording():
+                try:  # what contrib's after_cursor_execute and handle_error listeners do
+                    if error is not None and span.is_recording():
                         span.set_status(Status(StatusCode.ERROR, str(error)))
                     span.end()
                 except Exception:
@@ -512,7 +456,7 @@ class _QueryListeners:
         try:
             self._record(statement, elapsed, context, parameters)
         except Exception:
-            self._listener_failed("failed")
+            self._listener_failed("finished" if error is None else "failed")
 
     def _listener_failed(self, stage: str) -> None:
         """Telemetry never breaks a query: log a listener's failure once, then stay quiet."""
@@ -602,6 +546,7 @@ class _Instrumentation:
     """What ``instrument_sqlalchemy`` attached to one engine, so that it can be taken off."""
 
     listeners: list[tuple[str, Callable[..., Any]]]
+    query: _QueryListeners
     owns_spans: bool
 
 
@@ -639,10 +584,9 @@ def instrument_sqlalchemy(
         owns_spans = not event.contains(sync_engine, "after_cursor_execute", _after_cur_exec)
         if owns_spans:
             listeners.spans = _attach_contrib_spans(sync_engine)
-        attached: list[tuple[str, Callable[..., Any]]] = [
-            ("do_execute", listeners.execute),
-            ("do_execute_no_params", listeners.execute_no_params),
-            ("do_executemany", listeners.executemany),
+        attached = [
+            (identifier, listeners.hook(identifier))
+            for identifier in ("do_execute", "do_execute_no_params", "do_executemany")
         ]
         for identifier, hook in attached:
             event.listen(sync_engine, identifier, hook)
@@ -651,7 +595,7 @@ def instrument_sqlalchemy(
             )
             if isinstance(registered, Sequence):
                 listeners.registered_hooks[identifier] = registered
-        _instrumented[sync_engine] = _Instrumentation(attached, owns_spans)
+        _instrumented[sync_engine] = _Instrumentation(attached, listeners, owns_spans)
         register_scope_closer(_close_scope)
 
 
